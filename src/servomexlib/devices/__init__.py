@@ -1,0 +1,1 @@
+"""The analyser as a device: models, the Analyzer facade and its factories."""

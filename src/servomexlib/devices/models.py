@@ -1,0 +1,356 @@
+"""The values of the public API: enums and frozen, slotted models (api.md §1–§2).
+
+This module is a leaf: it imports only other value modules (errors, units, settings), never
+I/O code, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import ServomexError, ServomexValidationError
+from ..settings import SerialSettings
+from ..units import Unit
+
+__all__ = [
+    "AnalyserStatus",
+    "Availability",
+    "CalGroupState",
+    "CalPhase",
+    "CalibrationProgress",
+    "Capability",
+    "ChannelId",
+    "ChannelInfo",
+    "ChannelKind",
+    "ChannelStatus",
+    "DeviceInfo",
+    "ErrorPolicy",
+    "Frame",
+    "OverflowPolicy",
+    "ProtocolKind",
+    "Reading",
+    "SafetyTier",
+    "Sample",
+    "StreamMode",
+]
+
+
+class ProtocolKind(enum.StrEnum):
+    """The analyser's three mutually exclusive wire modes, plus AUTO (open time only)."""
+
+    AUTO = "auto"
+    CONTINUOUS_ASCII = "continuous"  # unsolicited broadcast, read only (protocol.md §3)
+    MODBUS_RTU = "modbus_rtu"  # binary Modbus with CRC-16 (protocol.md §4)
+    MODBUS_ASCII = "modbus_ascii"  # hex Modbus with LRC (protocol.md §4)
+
+
+class ChannelId(enum.StrEnum):
+    """Channel slots; the value is the id as it appears on the wire."""
+
+    I1 = "I1"  # transducers
+    I2 = "I2"
+    I3 = "I3"
+    I4 = "I4"
+    D1 = "D1"  # derived channels; status bits 0-3 copy a parent transducer (MAN)
+    D2 = "D2"
+    D3 = "D3"
+    D4 = "D4"
+    E1 = "E1"  # external mA inputs; status bit 0 = Invalid (MAN)
+    E2 = "E2"
+
+    @property
+    def kind(self) -> ChannelKind:
+        return _KIND_BY_LETTER[self.value[0]]
+
+
+class ChannelKind(enum.StrEnum):
+    TRANSDUCER = "transducer"
+    DERIVED = "derived"
+    EXTERNAL_INPUT = "external_input"
+
+
+_KIND_BY_LETTER = {
+    "I": ChannelKind.TRANSDUCER,
+    "D": ChannelKind.DERIVED,
+    "E": ChannelKind.EXTERNAL_INPUT,
+}
+
+
+class StreamMode(enum.StrEnum):
+    POLL = "poll"  # the host asks (Modbus)
+    AUTOPRINT = "autoprint"  # the analyser broadcasts (continuous)
+
+
+class CalPhase(enum.StrEnum):
+    IDLE = "idle"
+    SAMPLING = "sampling"  # reserved: no known wire state produces it (protocol.md §11)
+    CAL_GAS_1 = "cal_gas_1"
+    CAL_GAS_2 = "cal_gas_2"
+
+
+class Capability(enum.Flag):
+    READ_CHANNELS = enum.auto()
+    READ_STATUS = enum.auto()
+    IDENTIFY = enum.auto()
+    AUTOCAL = enum.auto()  # coils 00001-00004 and 00009 (Modbus only)
+    LOOPBACK = enum.auto()  # FC08 sub-function 0 (Modbus only)
+
+
+class SafetyTier(enum.StrEnum):
+    READONLY = "readonly"
+    STATEFUL = "stateful"  # changes the analyser's state; needs confirm=True
+
+
+class Availability(enum.StrEnum):
+    AVAILABLE = "available"
+    UNAVAILABLE = "unavailable"
+    UNKNOWN = "unknown"
+
+
+class OverflowPolicy(enum.Enum):
+    BLOCK = "block"
+    DROP_NEWEST = "drop_newest"
+    DROP_OLDEST = "drop_oldest"
+
+
+class ErrorPolicy(enum.Enum):
+    RAISE = "raise"
+    RETURN = "return"
+
+
+def _coerce_channel(cid: ChannelId | str) -> ChannelId:
+    """Accept a ChannelId or its exact wire string; anything else is a validation error."""
+    if isinstance(cid, ChannelId):
+        return cid
+    if isinstance(cid, str):
+        try:
+            return ChannelId(cid)
+        except ValueError:
+            pass
+    valid = ", ".join(c.value for c in ChannelId)
+    raise ServomexValidationError(f"unknown channel {cid!r}; expected one of {valid}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChannelStatus:
+    """Per-channel flags. For external inputs ``fault`` carries the Invalid bit."""
+
+    fault: bool = False
+    maintenance: bool = False
+    calibrating: bool = False
+    warming_up: bool = False
+    alarms: tuple[bool, bool, bool, bool] = (False, False, False, False)
+
+    @property
+    def ok(self) -> bool:
+        """No fault and no alarm; maintenance, calibration and warm-up do not matter."""
+        return not self.fault and not any(self.alarms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reading:
+    """One channel's value and status, as decoded from one frame or one Modbus read.
+
+    ``value`` is None for over-range, invalid, blank, unparsable and non-finite readings.
+    ``raw`` holds the bytes the reading came from: the channel block's 8 fields joined by ``;``
+    (continuous) or the 14 register bytes value·name·unit (Modbus).
+    """
+
+    channel: ChannelId
+    kind: ChannelKind
+    name: str | None
+    value: float | None
+    unit: Unit
+    status: ChannelStatus
+    protocol: ProtocolKind
+    received_at: datetime
+    monotonic_ns: int
+    raw: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat row without timing fields: booleans as 0/1, enums as their values."""
+        s = self.status
+        return {
+            "channel": self.channel.value,
+            "kind": self.kind.value,
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit.value,
+            "fault": int(s.fault),
+            "maintenance": int(s.maintenance),
+            "calibrating": int(s.calibrating),
+            "warming_up": int(s.warming_up),
+            "alarm1": int(s.alarms[0]),
+            "alarm2": int(s.alarms[1]),
+            "alarm3": int(s.alarms[2]),
+            "alarm4": int(s.alarms[3]),
+            "ok": int(s.ok),
+            "protocol": self.protocol.value,
+        }
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return repr(self)
+        if self.value is None:
+            return "None"
+        return format(self.value, spec)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CalGroupState:
+    """One autocalibration group's state (groups 1-4)."""
+
+    group: int
+    calibrating: bool
+    cal_gas: int = 1
+
+    @property
+    def phase(self) -> CalPhase:
+        if not self.calibrating:
+            return CalPhase.IDLE
+        return CalPhase.CAL_GAS_2 if self.cal_gas == 2 else CalPhase.CAL_GAS_1
+
+
+def idle_cal_groups() -> tuple[CalGroupState, CalGroupState, CalGroupState, CalGroupState]:
+    return tuple(CalGroupState(g, False, 1) for g in range(1, 5))  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AnalyserStatus:
+    """Analyser-level flags. ``clock`` is the analyser's own naive clock; None over Modbus."""
+
+    fault: bool
+    maintenance: bool
+    cal_groups: tuple[CalGroupState, CalGroupState, CalGroupState, CalGroupState]
+    clock: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CalibrationProgress:
+    group: int
+    active: bool
+    phase: CalPhase
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    channel: ChannelId
+    kind: ChannelKind
+    name: str | None
+    unit: Unit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What ``identify()`` found. ``model`` is always "4000-series"; ``address`` 0 in continuous."""
+
+    model: str
+    channels: tuple[ChannelInfo, ...]
+    protocol: ProtocolKind
+    address: int
+    serial_settings: SerialSettings
+
+
+_EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading (or one error) from one device, as streamed and recorded.
+
+    ``reading`` and ``error`` are mutually exclusive; an error sample has ``channel=None``.
+    """
+
+    device: str
+    channel: ChannelId | None
+    reading: Reading | None
+    protocol: ProtocolKind
+    monotonic_ns: int
+    received_at: datetime
+    requested_at: datetime | None = None
+    latency_s: float | None = None
+    metadata: Mapping[str, Any] = _EMPTY_METADATA
+    error: ServomexError | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata is not _EMPTY_METADATA:
+            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        if self.reading is not None and self.error is not None:
+            raise ServomexValidationError("a Sample holds a reading or an error, not both")
+        if self.error is not None and self.channel is not None:
+            raise ServomexValidationError("an error Sample has channel=None")
+
+    @property
+    def value(self) -> float | None:
+        return self.reading.value if self.reading is not None else None
+
+    @property
+    def unit(self) -> Unit | None:
+        return self.reading.unit if self.reading is not None else None
+
+    @property
+    def ok(self) -> bool:
+        """True for a reading whose channel status is ok; False for errors."""
+        return self.reading is not None and self.reading.status.ok
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frame:
+    """One complete snapshot of the analyser: every reading plus the analyser status.
+
+    Continuous frames are stamped when their last byte arrived and have no ``requested_at``;
+    a Modbus sweep is stamped just before its first request and ``latency_s`` runs until the
+    last reply was decoded.
+    """
+
+    readings: tuple[Reading, ...]
+    analyser: AnalyserStatus
+    protocol: ProtocolKind
+    received_at: datetime
+    monotonic_ns: int
+    raw: bytes
+    requested_at: datetime | None = None
+    latency_s: float | None = None
+
+    def channel(self, cid: ChannelId | str) -> Reading:
+        """The reading of channel ``cid`` (a ChannelId or its exact string).
+
+        Raises:
+            ServomexValidationError: unknown id, or the channel is not in this frame.
+        """
+        wanted = _coerce_channel(cid)
+        for reading in self.readings:
+            if reading.channel is wanted:
+                return reading
+        present = ", ".join(r.channel.value for r in self.readings) or "none"
+        raise ServomexValidationError(
+            f"channel {wanted.value} is not in this frame (channels: {present})"
+        )
+
+    @property
+    def channels(self) -> tuple[ChannelId, ...]:
+        return tuple(r.channel for r in self.readings)
+
+    def as_samples(self, device: str = "") -> list[Sample]:
+        """One Sample per reading, sharing the frame's timestamps."""
+        return [
+            Sample(
+                device=device,
+                channel=r.channel,
+                reading=r,
+                protocol=self.protocol,
+                monotonic_ns=self.monotonic_ns,
+                received_at=self.received_at,
+                requested_at=self.requested_at,
+                latency_s=self.latency_s,
+            )
+            for r in self.readings
+        ]
+
+
+coerce_channel = _coerce_channel
