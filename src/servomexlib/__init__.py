@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ._version import __version__
 from .decode import decode_frame, split_frames
+from .devices.analyzer import Analyzer
+from .devices.factory import open_continuous, open_device
 from .devices.models import (
     AnalyserStatus,
     Availability,
@@ -42,11 +44,18 @@ from .errors import (
     ServomexTransportError,
     ServomexValidationError,
 )
+from .manager import ServomexManager
 from .settings import SerialSettings
+from .streaming.recorder import AcquisitionSummary, PollSource, Recording, record
+from .streaming.stream_session import StreamingSession
+from .transport.base import Transport
+from .transport.fake import FakeTransport
 from .units import Unit, UnitKind
 
 __all__ = [
+    "AcquisitionSummary",
     "AnalyserStatus",
+    "Analyzer",
     "Availability",
     "CalGroupState",
     "CalPhase",
@@ -59,10 +68,13 @@ __all__ = [
     "DeviceInfo",
     "ErrorContext",
     "ErrorPolicy",
+    "FakeTransport",
     "Frame",
     "OverflowPolicy",
+    "PollSource",
     "ProtocolKind",
     "Reading",
+    "Recording",
     "SafetyTier",
     "Sample",
     "SerialSettings",
@@ -73,6 +85,7 @@ __all__ = [
     "ServomexConnectionError",
     "ServomexError",
     "ServomexFrameError",
+    "ServomexManager",
     "ServomexModbusError",
     "ServomexParseError",
     "ServomexProtocolError",
@@ -81,9 +94,14 @@ __all__ = [
     "ServomexTransportError",
     "ServomexValidationError",
     "StreamMode",
+    "StreamingSession",
+    "Transport",
     "Unit",
     "UnitKind",
     "__version__",
     "decode_frame",
+    "open_continuous",
+    "open_device",
+    "record",
     "split_frames",
 ]

@@ -70,7 +70,14 @@ class ErrorContext:
 
     def __post_init__(self) -> None:
         if self.extra is not _EMPTY:
-            object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+            # An empty mapping becomes the shared read-only default (keeps pickles small).
+            frozen = MappingProxyType(dict(self.extra)) if self.extra else _EMPTY
+            object.__setattr__(self, "extra", frozen)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A MappingProxyType cannot be pickled or deep-copied: rebuild from a plain dict.
+        values = tuple(getattr(self, name) for name in _POSITIONAL)
+        return (_rebuild_context, (values, dict(self.extra)))
 
     def merged(self, **kw: Any) -> ErrorContext:
         """Return a new context: known fields replaced, unknown keys merged into ``extra``."""
@@ -119,6 +126,13 @@ class ErrorContext:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ErrorContext)) - {"extra"}
+_POSITIONAL = tuple(f.name for f in dataclasses.fields(ErrorContext) if f.name != "extra")
+
+
+def _rebuild_context(values: tuple[Any, ...], extra: dict[str, Any]) -> ErrorContext:
+    return ErrorContext(**dict(zip(_POSITIONAL, values, strict=True)), extra=extra)
+
+
 _EMPTY_CONTEXT = ErrorContext()
 
 

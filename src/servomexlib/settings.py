@@ -58,8 +58,7 @@ class SerialSettings:
             )
         if not MIN_BAUD <= self.baudrate <= MAX_BAUD:
             raise ServomexValidationError(
-                f"baudrate {self.baudrate} is outside the analyser's range "
-                f"{MIN_BAUD}-{MAX_BAUD}",
+                f"baudrate {self.baudrate} is outside the analyser's range {MIN_BAUD}-{MAX_BAUD}",
                 context=ctx,
             )
         try:
@@ -72,8 +71,8 @@ class SerialSettings:
     @property
     def bits_per_char(self) -> int:
         """Start bit + data bits + parity bit + stop bits: 10 for 8-N-1."""
-        return 1 + int(self.bytesize) + (0 if self.parity is Parity.NONE else 1) + int(
-            self.stopbits
+        return (
+            1 + int(self.bytesize) + (0 if self.parity is Parity.NONE else 1) + int(self.stopbits)
         )
 
     @property

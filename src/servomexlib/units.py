@@ -13,12 +13,16 @@ __all__ = ["Unit", "UnitKind", "coerce_unit", "percent_to_vpm", "vpm_to_percent"
 
 
 class UnitKind(enum.StrEnum):
+    """The physical quantity a unit measures."""
+
     CONCENTRATION = "concentration"
     CURRENT = "current"
     UNKNOWN = "unknown"
 
 
 class Unit(enum.StrEnum):
+    """A measurement unit as reported by the analyser; the value is its usual symbol."""
+
     PERCENT = "%"  # main 4000-series concentration unit (MAN)
     VPM = "vpm"  # volume parts per million
     PPM = "ppm"

@@ -18,6 +18,8 @@ from ..settings import SerialSettings
 from ..units import Unit
 
 __all__ = [
+    "CONTINUOUS_CAPABILITIES",
+    "MODBUS_CAPABILITIES",
     "AnalyserStatus",
     "Availability",
     "CalGroupState",
@@ -69,6 +71,8 @@ class ChannelId(enum.StrEnum):
 
 
 class ChannelKind(enum.StrEnum):
+    """What a channel slot measures: a transducer, a derived value or an external mA input."""
+
     TRANSDUCER = "transducer"
     DERIVED = "derived"
     EXTERNAL_INPUT = "external_input"
@@ -82,11 +86,15 @@ _KIND_BY_LETTER = {
 
 
 class StreamMode(enum.StrEnum):
+    """How a stream gets its data: the host polls (Modbus) or the analyser broadcasts."""
+
     POLL = "poll"  # the host asks (Modbus)
     AUTOPRINT = "autoprint"  # the analyser broadcasts (continuous)
 
 
 class CalPhase(enum.StrEnum):
+    """Where an autocalibration group is in its cycle (protocol.md §11)."""
+
     IDLE = "idle"
     SAMPLING = "sampling"  # reserved: no known wire state produces it (protocol.md §11)
     CAL_GAS_1 = "cal_gas_1"
@@ -94,6 +102,8 @@ class CalPhase(enum.StrEnum):
 
 
 class Capability(enum.Flag):
+    """What the active wire mode can do; continuous has the first three, Modbus all five."""
+
     READ_CHANNELS = enum.auto()
     READ_STATUS = enum.auto()
     IDENTIFY = enum.auto()
@@ -101,24 +111,37 @@ class Capability(enum.Flag):
     LOOPBACK = enum.auto()  # FC08 sub-function 0 (Modbus only)
 
 
+#: What each wire mode can do (api.md §1): continuous is read-only, Modbus has all five.
+CONTINUOUS_CAPABILITIES = Capability.READ_CHANNELS | Capability.READ_STATUS | Capability.IDENTIFY
+MODBUS_CAPABILITIES = CONTINUOUS_CAPABILITIES | Capability.AUTOCAL | Capability.LOOPBACK
+
+
 class SafetyTier(enum.StrEnum):
+    """Whether an operation only reads or changes the analyser's state."""
+
     READONLY = "readonly"
     STATEFUL = "stateful"  # changes the analyser's state; needs confirm=True
 
 
 class Availability(enum.StrEnum):
+    """Tri-state availability, exported for applications; unused by the core."""
+
     AVAILABLE = "available"
     UNAVAILABLE = "unavailable"
     UNKNOWN = "unknown"
 
 
 class OverflowPolicy(enum.Enum):
+    """What record() does when the consumer falls ``buffer_size`` batches behind."""
+
     BLOCK = "block"
     DROP_NEWEST = "drop_newest"
     DROP_OLDEST = "drop_oldest"
 
 
 class ErrorPolicy(enum.Enum):
+    """How ServomexManager.execute_each reports failing analysers."""
+
     RAISE = "raise"
     RETURN = "return"
 
@@ -285,6 +308,12 @@ class Sample:
         if self.error is not None and self.channel is not None:
             raise ServomexValidationError("an error Sample has channel=None")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A MappingProxyType cannot be pickled or deep-copied: rebuild from a plain dict.
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["metadata"] = dict(self.metadata)
+        return (_rebuild_sample, (values,))
+
     @property
     def value(self) -> float | None:
         return self.reading.value if self.reading is not None else None
@@ -297,6 +326,10 @@ class Sample:
     def ok(self) -> bool:
         """True for a reading whose channel status is ok; False for errors."""
         return self.reading is not None and self.reading.status.ok
+
+
+def _rebuild_sample(values: dict[str, Any]) -> Sample:
+    return Sample(**values)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

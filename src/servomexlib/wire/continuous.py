@@ -32,6 +32,7 @@ from ..devices.models import (
     AnalyserStatus,
     CalGroupState,
     ChannelId,
+    ChannelKind,
     ChannelStatus,
     Frame,
     ProtocolKind,
@@ -89,6 +90,11 @@ def checksum(summed: bytes) -> int:
     return sum(summed) & 0xFFFF
 
 
+def _context(frame: bytes) -> ErrorContext:
+    # Built only when raising: building it for every good frame cost ~10 % of a parse.
+    return ErrorContext(protocol=ProtocolKind.CONTINUOUS_ASCII, response=frame)
+
+
 def _strip_terminator(raw: bytes) -> bytes:
     return raw.rstrip(b"\r\n")
 
@@ -102,6 +108,7 @@ class _BlockDecode:
     """Cache of the decoded parts of a channel block that do not depend on time."""
 
     channel: ChannelId
+    kind: ChannelKind
     name: str | None
     value: float | None
     unit: Unit
@@ -163,28 +170,45 @@ def _cached[K, V](cache: dict[K, V], key: K, make: object) -> V:
         return value
 
 
-def _decode_block(fields: list[bytes], ctx_raw: bytes) -> _BlockDecode:
+def _decode_block(fields: list[bytes], raw: bytes, ctx_raw: bytes) -> _BlockDecode:
+    """Decode one block's 8 fields; ``raw`` is the fields joined by ';'."""
     cid = _IDS.get(fields[0].strip())
     if cid is None:
         raise ServomexParseError(
             f"unknown channel id {fields[0].decode('latin-1')!r}",
-            context=ErrorContext(protocol=ProtocolKind.CONTINUOUS_ASCII, response=ctx_raw),
+            context=_context(ctx_raw),
         )
     return _BlockDecode(
         channel=cid,
+        kind=cid.kind,
         name=_cached(_NAME_CACHE, fields[1], _decode_name),
         value=_decode_value(fields[2]),
-        unit=_cached(_UNIT_CACHE, fields[3], lambda t: coerce_unit(decode_display(t))),
+        unit=_cached(_UNIT_CACHE, fields[3], _decode_unit),
         status=_cached(_STATUS_CACHE, (fields[4], fields[5], fields[6], fields[7]), _decode_status),
-        raw=b";".join(fields),
+        raw=raw,
     )
 
 
+def _decode_unit(token: bytes) -> Unit:
+    return coerce_unit(decode_display(token))
+
+
+# Whole decoded blocks keyed by their raw bytes (the 8 fields joined by ';', which is
+# unambiguous because no field contains ';'). A live analyser repeats most blocks verbatim from
+# one frame to the next, so decoding a block is usually one dict lookup. Cleared when full, so
+# a stream of ever-changing values costs a plain decode, never unbounded memory.
+_BLOCK_CACHE: dict[bytes, _BlockDecode] = {}
+_BLOCK_CACHE_LIMIT = 1024
+
+
 def _decode_clock(date: bytes, time: bytes) -> datetime | None:
+    # Explicit indexing instead of unpacking a generator: this runs once per frame.
+    d = date.split(b"-")
+    t = time.split(b":")
+    if len(d) != 3 or len(t) != 3:
+        return None
     try:
-        dd, mm, yy = (int(p) for p in date.split(b"-"))
-        hh, mi, ss = (int(p) for p in time.split(b":"))
-        return datetime(2000 + yy, mm, dd, hh, mi, ss)
+        return datetime(2000 + int(d[2]), int(d[1]), int(d[0]), int(t[0]), int(t[1]), int(t[2]))
     except (ValueError, TypeError, OverflowError):
         return None
 
@@ -223,40 +247,46 @@ def parse_frame(
         ServomexParseError: N is not an integer, or a channel id is unknown.
     """
     frame = _strip_terminator(bytes(raw))
-    ctx = ErrorContext(protocol=ProtocolKind.CONTINUOUS_ASCII, response=frame)
     if not frame or frame[0] != _SPACE:
-        raise ServomexFrameError("continuous frame must start with a space (0x20)", context=ctx)
+        raise ServomexFrameError(
+            "continuous frame must start with a space (0x20)", context=_context(frame)
+        )
     if len(frame) < 1 + TRAILER_LENGTH:
-        raise ServomexFrameError(f"continuous frame too short ({len(frame)} bytes)", context=ctx)
+        raise ServomexFrameError(
+            f"continuous frame too short ({len(frame)} bytes)", context=_context(frame)
+        )
     field = frame[-5:-1]
     computed = checksum(frame[1:-5])
     if len(field) != 4 or not _HEX.issuperset(field):
         raise ServomexChecksumError(
             f"checksum field {field!r} is not 4 hex digits",
-            context=ctx.merged(computed=f"{computed:04X}", expected=field.decode("latin-1")),
+            context=_context(frame).merged(
+                computed=f"{computed:04X}", expected=field.decode("latin-1")
+            ),
         )
     expected = int(field, 16)
     if expected != computed:
         raise ServomexChecksumError(
             f"checksum mismatch: computed {computed:04X}, frame says {expected:04X}",
-            context=ctx.merged(computed=f"{computed:04X}", expected=f"{expected:04X}"),
+            context=_context(frame).merged(computed=f"{computed:04X}", expected=f"{expected:04X}"),
         )
     tokens = frame[1:].split(b";")
     if len(tokens) < 7 or tokens[-1] != b"":
         raise ServomexFrameError(
-            "continuous frame must have at least 7 fields and end with ';'", context=ctx
+            "continuous frame must have at least 7 fields and end with ';'", context=_context(frame)
         )
     try:
         n = int(tokens[4].strip())
     except ValueError:
         raise ServomexParseError(
-            f"channel count {tokens[4].decode('latin-1')!r} is not an integer", context=ctx
+            f"channel count {tokens[4].decode('latin-1')!r} is not an integer",
+            context=_context(frame),
         ) from None
     if n < 0 or len(tokens) != HEADER_FIELDS + BLOCK_FIELDS * n + 2:
         raise ServomexFrameError(
             f"frame declares {n} channels but has {len(tokens)} fields "
             f"(expected {HEADER_FIELDS + BLOCK_FIELDS * n + 2})",
-            context=ctx,
+            context=_context(frame),
         )
     groups = _GROUP_CACHE.get(tokens[3])
     if groups is None:
@@ -271,21 +301,29 @@ def parse_frame(
         clock=_decode_clock(tokens[0], tokens[1]),
     )
     readings = []
-    for i in range(n):
-        start = HEADER_FIELDS + BLOCK_FIELDS * i
-        block = _decode_block(tokens[start : start + BLOCK_FIELDS], frame)
+    cache = _BLOCK_CACHE
+    protocol = ProtocolKind.CONTINUOUS_ASCII
+    for start in range(HEADER_FIELDS, HEADER_FIELDS + BLOCK_FIELDS * n, BLOCK_FIELDS):
+        fields = tokens[start : start + BLOCK_FIELDS]
+        raw_block = b";".join(fields)
+        block = cache.get(raw_block)
+        if block is None:
+            block = _decode_block(fields, raw_block, frame)
+            if len(cache) >= _BLOCK_CACHE_LIMIT:
+                cache.clear()
+            cache[raw_block] = block
         readings.append(
             Reading(
-                channel=block.channel,
-                kind=block.channel.kind,
-                name=block.name,
-                value=block.value,
-                unit=block.unit,
-                status=block.status,
-                protocol=ProtocolKind.CONTINUOUS_ASCII,
-                received_at=received_at,
-                monotonic_ns=monotonic_ns,
-                raw=block.raw,
+                block.channel,
+                block.kind,
+                block.name,
+                block.value,
+                block.unit,
+                block.status,
+                protocol,
+                received_at,
+                monotonic_ns,
+                block.raw,
             )
         )
     return Frame(

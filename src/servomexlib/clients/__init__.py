@@ -1,0 +1,1 @@
+"""Clients, one per wire semantics (private): continuous receiver and Modbus master."""

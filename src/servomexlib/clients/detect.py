@@ -1,0 +1,191 @@
+"""AUTO: tell continuous, Modbus RTU and Modbus ASCII apart on an open transport (protocol.md §8).
+
+Theory of operation
+-------------------
+The analyser runs exactly one mode, chosen on its front panel, and only the Modbus modes answer.
+So the ladder asks first and listens last:
+
+1. Drop the transport's pushback buffer, so bytes parked for a continuous reader never reach a
+   Modbus framer.
+2. Probe in Modbus RTU: FC08 sub-function 0 with payload ``AB CD`` through a temporary
+   :class:`~servomexlib.clients.modbus.ModbusClient` (its own line: 50 ms silence before each
+   request, 2 retries, ``probe_timeout`` per attempt), up to ``probe_tries`` times. The echo —
+   or any well-formed exception reply from the addressed slave — proves the framing.
+3. Drop the pushback buffer again and probe the same way in Modbus ASCII.
+4. Listen passively for ``max(listen_timeout, 2 × frame_period)`` (the window must exceed the
+   operator-set broadcast period, HW), cutting the bytes at CR/LF with
+   :class:`~servomexlib.wire.continuous.FrameSplitter`; the first segment that passes checksum
+   and full parse proves continuous mode. That frame and every byte after it are pushed back so
+   the continuous receiver starts with it.
+5. Otherwise raise :class:`~servomexlib.errors.ServomexConnectionError` naming what was tried.
+
+The temporary clients are never closed (that would close the transport); they own no task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..devices.models import ProtocolKind
+from ..errors import (
+    ErrorContext,
+    ServomexConnectionError,
+    ServomexModbusError,
+    ServomexProtocolError,
+    ServomexTimeoutError,
+    ServomexValidationError,
+)
+from ..wire.continuous import FrameSplitter, parse_frame
+from .modbus import ModbusClient
+
+if TYPE_CHECKING:
+    from ..transport.base import Transport
+
+__all__ = [
+    "DEFAULT_FRAME_PERIOD",
+    "DEFAULT_LISTEN_TIMEOUT",
+    "DEFAULT_PROBE_TIMEOUT",
+    "DEFAULT_PROBE_TRIES",
+    "PROBE_PAYLOAD",
+    "detect_protocol",
+]
+
+_log = logging.getLogger("servomexlib.detect")
+
+PROBE_PAYLOAD = b"\xab\xcd"  # FC08 "return query data" payload used by AUTO (LIB)
+DEFAULT_PROBE_TIMEOUT = 0.5
+DEFAULT_PROBE_TRIES = 2
+DEFAULT_LISTEN_TIMEOUT = 5.0
+DEFAULT_FRAME_PERIOD = 2.0  # the expected broadcast period when the caller names none
+_LISTEN_CHUNK = 4096
+
+
+def _positive(name: str, value: float | None, ctx: ErrorContext) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ServomexValidationError(
+            f"{name} must be a positive number, got {value!r}", context=ctx
+        )
+
+
+async def detect_protocol(
+    transport: Transport,
+    *,
+    address: int = 1,
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+    probe_tries: int = DEFAULT_PROBE_TRIES,
+    listen_timeout: float = DEFAULT_LISTEN_TIMEOUT,
+    frame_period: float | None = None,
+    frame_frequency: float | None = None,
+) -> ProtocolKind:
+    """Run the AUTO ladder of protocol.md §8 and return the concrete mode found.
+
+    Args:
+        transport: an open transport; it is left open whatever the outcome.
+        address: Modbus slave address for the probes (1-247).
+        probe_timeout: per-attempt response timeout of each FC08 probe.
+        probe_tries: FC08 probes per framing (each with the client's 2 retries).
+        listen_timeout: passive listening window for continuous frames.
+        frame_period: expected broadcast period; widens the window to ``2 × frame_period``.
+        frame_frequency: alias of ``frame_period`` (same meaning, seconds between frames).
+
+    Returns:
+        ``MODBUS_RTU``, ``MODBUS_ASCII`` or ``CONTINUOUS_ASCII``. For continuous mode the
+        recognised frame and the bytes after it are pushed back onto ``transport``.
+
+    Raises:
+        ServomexValidationError: a bad argument (before any I/O).
+        ServomexConnectionError: nothing recognised (``"no recognised protocol on <port> …"``,
+            context port, address, ``protocol=auto``), or the transport closed.
+    """
+    ctx = ErrorContext(port=transport.label, address=address, protocol=ProtocolKind.AUTO)
+    if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 247:
+        raise ServomexValidationError(f"Modbus address must be 1-247, got {address!r}", context=ctx)
+    _positive("probe_timeout", probe_timeout, ctx)
+    _positive("listen_timeout", listen_timeout, ctx)
+    _positive("frame_period", frame_period, ctx)
+    _positive("frame_frequency", frame_frequency, ctx)
+    if isinstance(probe_tries, bool) or not isinstance(probe_tries, int) or probe_tries < 1:
+        raise ServomexValidationError(f"probe_tries must be >= 1, got {probe_tries!r}", context=ctx)
+    if frame_period is not None and frame_frequency is not None and frame_period != frame_frequency:
+        raise ServomexValidationError(
+            "frame_frequency is an alias of frame_period; give one of them", context=ctx
+        )
+    period = frame_period if frame_period is not None else frame_frequency
+    window = max(listen_timeout, 2 * period) if period is not None else listen_timeout
+    started = time.monotonic()
+
+    for framing in (ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII):
+        transport.drain_input()
+        if await _probe(transport, framing, address, probe_timeout, probe_tries):
+            _log.info("%s: AUTO found %s at address %d", transport.label, framing.value, address)
+            return framing
+
+    transport.drain_input()
+    if await _listen(transport, window):
+        _log.info("%s: AUTO found continuous frames", transport.label)
+        return ProtocolKind.CONTINUOUS_ASCII
+    raise ServomexConnectionError(
+        f"no recognised protocol on {transport.label} (no FC08 echo from address {address} in "
+        f"modbus_rtu or modbus_ascii, no valid continuous frame within {window:g}s)",
+        context=ctx.merged(
+            elapsed_s=time.monotonic() - started,
+            extra={"tried": "modbus_rtu,modbus_ascii,continuous", "listen_s": window},
+        ),
+    )
+
+
+async def _probe(
+    transport: Transport, framing: ProtocolKind, address: int, timeout: float, tries: int
+) -> bool:
+    """FC08 ``AB CD`` up to ``tries`` times; True on the echo or an exception reply."""
+    client = ModbusClient(transport, framing=framing, address=address, timeout=timeout)
+    for attempt in range(tries):
+        try:
+            echo = await client.loopback(PROBE_PAYLOAD)
+        except ServomexModbusError:
+            return True  # a well-formed exception reply from our slave proves the framing
+        except (ServomexTimeoutError, ServomexProtocolError) as exc:
+            _log.debug(
+                "%s: %s probe %d failed: %s", transport.label, framing.value, attempt + 1, exc
+            )
+            continue
+        if echo == PROBE_PAYLOAD:
+            return True
+    return False
+
+
+async def _listen(transport: Transport, window: float) -> bool:
+    """Listen for ``window`` seconds; on the first valid frame push it (and the rest) back."""
+    splitter = FrameSplitter()
+    pending = bytearray()  # bytes not yet handed out as segments: the splitter's partial line
+    with anyio.move_on_after(window):
+        while True:
+            chunk = await transport.receive(_LISTEN_CHUNK)
+            pending += chunk
+            for segment in splitter.feed(chunk):
+                try:
+                    parse_frame(
+                        segment, received_at=datetime.now(UTC), monotonic_ns=time.monotonic_ns()
+                    )
+                except ServomexProtocolError:
+                    continue  # misaligned, partial or corrupt: keep listening
+                # Segments are cut from these bytes, so the frame is found in them.
+                begin = max(pending.find(segment), 0)
+                transport.pushback(bytes(pending[begin:]))
+                return True
+            # Keep only what the splitter still holds (bounded by its maximum segment).
+            del pending[: len(pending) - splitter.buffered]
+    return False

@@ -1,0 +1,451 @@
+"""``Analyzer``: the protocol-neutral facade over one analyser (api.md §5).
+
+The Analyzer owns a client (continuous or Modbus, see ``servomexlib.clients.base``) and adds
+what is the same for every wire mode:
+
+* **Gates before I/O**, in this order: confirmation (STATEFUL operations need
+  ``confirm=True``) → capability (the active mode can do it) → validation (arguments). So
+  ``start_calibration(7)`` raises ServomexConfirmationRequiredError, and
+  ``start_calibration(7, confirm=True)`` raises ServomexProtocolUnsupportedError in continuous
+  mode and ServomexValidationError over Modbus — before any byte is sent (protocol.md §11).
+* **A session lock** serialising calls on one Analyzer.
+* **The session** (``async with``): a task group the Analyzer owns, in which a continuous
+  client runs its receiver; identify on entry when asked. Exit cancels the receiver and closes
+  the client and transport even when the graceful part fails. Modbus Analyzers also work
+  without being entered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self, cast
+
+import anyio
+import anyio.abc
+
+from ..clients.base import AnalyzerClient, ControlClient
+from ..errors import (
+    ErrorContext,
+    ServomexConfirmationRequiredError,
+    ServomexProtocolUnsupportedError,
+    ServomexValidationError,
+)
+from ..streaming.stream_session import StreamingSession
+from .models import (
+    AnalyserStatus,
+    CalibrationProgress,
+    Capability,
+    ChannelId,
+    ChannelStatus,
+    DeviceInfo,
+    Frame,
+    ProtocolKind,
+    Reading,
+    Sample,
+    StreamMode,
+    coerce_channel,
+)
+
+__all__ = ["Analyzer"]
+
+_log = logging.getLogger("servomexlib.analyzer")
+
+_CAL_GROUPS = (1, 2, 3, 4)
+
+
+def _check_timeout(timeout: float | None, ctx: ErrorContext) -> None:
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ServomexValidationError(
+            f"timeout must be a positive number of seconds or None, got {timeout!r}",
+            context=ctx,
+        )
+
+
+class Analyzer:
+    """One analyser, whatever its wire mode. Users get one from ``open_device``.
+
+    Args:
+        client: the protocol client (``ContinuousClient`` or ``ModbusClient``); owned.
+        device: label used in samples and errors; empty → the transport label.
+        identify_on_enter: run ``identify()`` when the session starts and cache it in ``info``.
+    """
+
+    def __init__(
+        self,
+        client: AnalyzerClient,
+        *,
+        device: str = "",
+        identify_on_enter: bool = False,
+    ) -> None:
+        self._client = client
+        self._device = device or client.transport.label
+        self._identify_on_enter = identify_on_enter
+        self._lock = anyio.Lock()
+        self._info: DeviceInfo | None = None
+        self._last_frame: Frame | None = None
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._entered = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def client(self) -> AnalyzerClient:
+        return self._client
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def protocol(self) -> ProtocolKind:
+        return self._client.protocol
+
+    @property
+    def capabilities(self) -> Capability:
+        return self._client.capabilities
+
+    @property
+    def info(self) -> DeviceInfo | None:
+        return self._info
+
+    @property
+    def dropped_frames(self) -> int:
+        """Continuous frames rejected by parse/checksum; always 0 for Modbus."""
+        if self.protocol is not ProtocolKind.CONTINUOUS_ASCII:
+            return 0
+        return int(getattr(self._client, "dropped_frames", 0))
+
+    @property
+    def read_planner(self) -> Any:
+        """The Modbus ``ReadPlanner``; None in continuous mode."""
+        return getattr(self._client, "read_planner", None)
+
+    @property
+    def transport(self) -> Any:
+        return self._client.transport
+
+    def statistics(self) -> Any:
+        """The client's counters (``ContinuousStatistics`` for continuous), or None."""
+        stats = getattr(self._client, "statistics", None)
+        return stats() if callable(stats) else None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("started" if self._entered else "idle")
+        return f"<Analyzer {self._device!r} {self.protocol.value} {state}>"
+
+    def _ctx(self, **kw: object) -> ErrorContext:
+        address = (
+            self._client.address if self.protocol is not ProtocolKind.CONTINUOUS_ASCII else None
+        )
+        return ErrorContext(
+            port=self._client.transport.label, protocol=self.protocol, address=address
+        ).merged(**kw)
+
+    # ------------------------------------------------------------------ session
+
+    async def __aenter__(self) -> Self:
+        if self._entered or self._closed:
+            raise ServomexValidationError(
+                "an Analyzer can be entered only once", context=self._ctx()
+            )
+        self._entered = True
+        stack = AsyncExitStack()
+        try:
+            # Callbacks run in reverse: the task group exits first, then the client is closed.
+            stack.push_async_callback(self._close_client)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self._client.start(self._tg)
+            if self._identify_on_enter:
+                await self.identify()
+        except BaseException:
+            self._closed = True
+            await self._unwind(stack)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the session: cancel the receiver, close client and transport. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        stack, self._stack = self._stack, None
+        if stack is None:
+            await self._close_client()
+        else:
+            await self._unwind(stack)
+
+    async def _unwind(self, stack: AsyncExitStack) -> None:
+        # No shield around the task group's exit: cancel scopes must unwind in LIFO order
+        # (trio). The receiver is cancelled explicitly and the close paths shield themselves.
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        self._tg = None
+        await stack.aclose()
+
+    async def _close_client(self) -> None:
+        # Shielded: a cancelled caller must still release the port.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._client.aclose()
+            except Exception:
+                _log.warning("closing %s failed", self._device, exc_info=True)
+                # The transport must be released even if the client's graceful close failed.
+                await self._client.transport.aclose()
+
+    # ------------------------------------------------------------------ gates
+
+    def _require(self, capability: Capability, operation: str) -> None:
+        if capability not in self.capabilities:
+            raise ServomexProtocolUnsupportedError(
+                f"{operation} is not supported in {self.protocol.value} mode",
+                context=self._ctx(extra={"operation": operation}),
+            )
+
+    def _require_confirm(self, confirm: bool, operation: str) -> None:
+        if confirm is not True:
+            raise ServomexConfirmationRequiredError(
+                f"{operation} changes the analyser's state; pass confirm=True",
+                context=self._ctx(extra={"operation": operation}),
+            )
+
+    def _channel(self, ch: ChannelId | str) -> ChannelId:
+        try:
+            return coerce_channel(ch)
+        except ServomexValidationError as exc:
+            raise exc.with_context(**_ctx_fields(self._ctx())) from None
+
+    def _group(self, group: int) -> int:
+        if isinstance(group, bool) or group not in _CAL_GROUPS:
+            raise ServomexValidationError(
+                f"calibration group must be 1-4, got {group!r}", context=self._ctx()
+            )
+        return int(group)
+
+    def _control(self) -> ControlClient:
+        return cast(ControlClient, self._client)
+
+    # ------------------------------------------------------------------ reads
+
+    async def poll(self, *, wait_fresh: bool = False, timeout: float | None = None) -> Frame:
+        """A whole frame (api.md §5). Continuous: the latest cached frame, or the next one
+        when none is cached or ``wait_fresh``. Modbus: one sweep.
+
+        Raises:
+            ServomexConnectionError: continuous Analyzer not entered, or its stream ended.
+            ServomexTimeoutError: no frame / no reply in time.
+        """
+        self._require(Capability.READ_CHANNELS, "poll")
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            frame = await self._client.poll(wait_fresh=wait_fresh, timeout=timeout)
+        self._last_frame = frame
+        return frame
+
+    async def read_channel(self, ch: ChannelId | str, *, timeout: float | None = None) -> Reading:
+        """One channel's reading; an unknown id raises ServomexValidationError before I/O."""
+        self._require(Capability.READ_CHANNELS, "read_channel")
+        cid = self._channel(ch)
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            return await self._client.read_channel(cid, timeout=timeout)
+
+    async def read_all(self, *, timeout: float | None = None) -> dict[ChannelId, Reading]:
+        """One poll keyed by channel, in frame order."""
+        frame = await self.poll(timeout=timeout)
+        return {r.channel: r for r in frame.readings}
+
+    async def status(self, ch: ChannelId | str, *, timeout: float | None = None) -> ChannelStatus:
+        self._require(Capability.READ_STATUS, "status")
+        cid = self._channel(ch)
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            return await self._client.status(cid, timeout=timeout)
+
+    async def analyser_status(self, *, timeout: float | None = None) -> AnalyserStatus:
+        self._require(Capability.READ_STATUS, "analyser_status")
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            return await self._client.analyser_status(timeout=timeout)
+
+    async def identify(self, *, timeout: float | None = None) -> DeviceInfo:
+        """Identify the analyser (I/O on every call) and cache the result in ``info``."""
+        self._require(Capability.IDENTIFY, "identify")
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            info = await self._client.identify(timeout=timeout)
+        self._info = info
+        return info
+
+    def snapshot(self) -> Frame:
+        """The latest frame without I/O (continuous: the receiver's; Modbus: the last poll's).
+
+        Raises:
+            ServomexValidationError: ``"no frame cached yet …"``.
+        """
+        frame: Frame | None
+        if self.protocol is ProtocolKind.CONTINUOUS_ASCII:
+            frame = getattr(self._client, "latest_frame", None) or self._last_frame
+        else:
+            frame = self._last_frame
+        if frame is None:
+            raise ServomexValidationError(
+                "no frame cached yet: call poll() first (or wait for a broadcast)",
+                context=self._ctx(),
+            )
+        return frame
+
+    async def poll_samples(
+        self, *, names: object = None, timeout: float | None = None
+    ) -> list[Sample]:
+        """``poll()`` as one Sample per reading (``names`` is ignored): a ``PollSource``."""
+        frame = await self.poll(timeout=timeout)
+        return frame.as_samples(self._device)
+
+    # ------------------------------------------------------------------ control (Modbus)
+
+    async def start_calibration(
+        self, group: int, *, confirm: bool = False, timeout: float | None = None
+    ) -> None:
+        """Start autocalibration of ``group`` (1–4). STATEFUL: needs ``confirm=True``."""
+        self._require_confirm(confirm, "start_calibration")
+        self._require(Capability.AUTOCAL, "start_calibration")
+        g = self._group(group)
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            await self._control().start_calibration(g, timeout=timeout)
+
+    async def stop_calibration(
+        self, *, confirm: bool = False, timeout: float | None = None
+    ) -> None:
+        """Stop every autocalibration (coil 00009). STATEFUL: needs ``confirm=True``."""
+        self._require_confirm(confirm, "stop_calibration")
+        self._require(Capability.AUTOCAL, "stop_calibration")
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            await self._control().stop_calibration(timeout=timeout)
+
+    async def calibration_status(
+        self, group: int = 1, *, timeout: float | None = None
+    ) -> CalibrationProgress:
+        """Progress of ``group``'s autocalibration (READONLY)."""
+        self._require(Capability.AUTOCAL, "calibration_status")
+        g = self._group(group)
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            return await self._control().calibration_status(g, timeout=timeout)
+
+    async def loopback(
+        self, payload: bytes = b"\x00\x00", *, timeout: float | None = None
+    ) -> bytes:
+        """FC08 echo of a 2-byte ``payload`` (Modbus only)."""
+        self._require(Capability.LOOPBACK, "loopback")
+        if not isinstance(payload, bytes | bytearray) or len(payload) != 2:
+            raise ServomexValidationError(
+                f"loopback payload must be exactly 2 bytes, got {payload!r}", context=self._ctx()
+            )
+        _check_timeout(timeout, self._ctx())
+        async with self._lock:
+            return await self._control().loopback(bytes(payload), timeout=timeout)
+
+    # ------------------------------------------------------------------ streaming
+
+    def stream(
+        self, *, mode: StreamMode | str | None = None, rate_hz: float | None = None
+    ) -> StreamingSession:
+        """A :class:`StreamingSession` of Samples (api.md §6).
+
+        Continuous (AUTOPRINT): subscribes now; ``rate_hz`` is ignored; ``mode=POLL`` →
+        ServomexValidationError. Modbus (POLL): the session runs ``record()`` once entered;
+        ``mode=AUTOPRINT`` → ServomexValidationError.
+        """
+        self._require(Capability.READ_CHANNELS, "stream")
+        wanted = _coerce_mode(mode, self._ctx())
+        if self.protocol is ProtocolKind.CONTINUOUS_ASCII:
+            if wanted is StreamMode.POLL:
+                raise ServomexValidationError(
+                    "continuous mode streams AUTOPRINT only (the analyser broadcasts); "
+                    "use record() for sample-and-hold polling",
+                    context=self._ctx(),
+                )
+            return self._subscribe()
+        if wanted is StreamMode.AUTOPRINT:
+            raise ServomexValidationError(
+                f"{self.protocol.value} streams in POLL mode only", context=self._ctx()
+            )
+        rate = 1.0 if rate_hz is None else rate_hz
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            raise ServomexValidationError(
+                f"rate_hz must be a positive number, got {rate_hz!r}", context=self._ctx()
+            )
+        return self._poll_session(float(rate))
+
+    def _subscribe(self) -> StreamingSession:
+        subscribe = getattr(self._client, "subscribe", None)
+        if subscribe is None:  # pragma: no cover - every continuous client subscribes
+            raise ServomexProtocolUnsupportedError("this client cannot stream", context=self._ctx())
+        receive, token = subscribe(self._device)
+        client = self._client
+
+        def unsubscribe() -> None:
+            client.unsubscribe(token)  # type: ignore[attr-defined]
+
+        return StreamingSession(receive, mode=StreamMode.AUTOPRINT, on_close=unsubscribe)
+
+    def _poll_session(self, rate_hz: float) -> StreamingSession:
+        try:
+            from ..streaming.recorder import record
+        except ImportError:
+            raise ServomexProtocolUnsupportedError(
+                "POLL streaming needs record() (servomexlib.streaming.recorder), "
+                "which is not available yet",
+                context=self._ctx(),
+            ) from None
+
+        async def produce(send: Any) -> None:
+            async with record(self, rate_hz=rate_hz) as recording:
+                async for batch in recording.stream:
+                    for sample in batch:
+                        send.send_nowait(sample)
+
+        return StreamingSession.with_producer(produce, mode=StreamMode.POLL)
+
+
+def _coerce_mode(mode: StreamMode | str | None, ctx: ErrorContext) -> StreamMode | None:
+    if mode is None or isinstance(mode, StreamMode):
+        return mode
+    try:
+        return StreamMode(mode)
+    except ValueError:
+        raise ServomexValidationError(
+            f"unknown stream mode {mode!r}; expected 'poll' or 'autoprint'", context=ctx
+        ) from None
+
+
+def _ctx_fields(ctx: ErrorContext) -> dict[str, Any]:
+    return {"port": ctx.port, "protocol": ctx.protocol, "address": ctx.address}

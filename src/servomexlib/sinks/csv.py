@@ -1,0 +1,208 @@
+"""CSV sink: the 21 schema columns, one line per sample, never truncating silently."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from ..devices.models import Sample
+from ..errors import ServomexSinkSchemaError, ServomexSinkWriteError
+from .base import file_context, logger, rotated_paths
+from .files import LineFileSink, ends_with_newline, open_append
+from .schema import COLUMNS, RowValues, sample_to_values
+
+__all__ = ["CsvSink"]
+
+_LINE_END: Final = "\r\n"  # the csv module's default dialect
+_DIGIT: Final = {True: "1", False: "0", None: ""}
+_NEEDS_QUOTES: Final = re.compile(r'[,"\r\n]')
+
+
+def _text(value: str | None) -> str:
+    """A free-text field exactly as ``csv.writer`` (QUOTE_MINIMAL) writes it."""
+    if value is None:
+        return ""
+    if _NEEDS_QUOTES.search(value) is None:
+        return value
+    return '"' + value.replace('"', '""') + '"'
+
+
+def csv_line(values: RowValues) -> str:
+    """One CSV line for a row, byte-identical to ``csv.writer().writerow`` after mapping
+    booleans to 1/0.
+
+    Written out by hand because it runs once per stored sample and ``csv.writer`` costs several
+    times more: only ``device``, ``name`` and ``error`` are free text that may need quotes; the
+    other text columns hold enum values and ISO-8601 timestamps, which never do (the
+    equivalence is tested against ``csv.writer`` for arbitrary text).
+    """
+    (
+        device,
+        channel,
+        kind,
+        name,
+        value,
+        unit,
+        ok,
+        fault,
+        maintenance,
+        calibrating,
+        warming_up,
+        alarm1,
+        alarm2,
+        alarm3,
+        alarm4,
+        protocol,
+        monotonic_ns,
+        received_at,
+        requested_at,
+        latency_s,
+        error,
+    ) = values
+    d = _DIGIT
+    return (
+        f"{_text(device)},{channel or ''},{kind or ''},{_text(name)},"
+        f"{'' if value is None else repr(value)},{unit or ''},"
+        f"{d[ok]},{d[fault]},{d[maintenance]},{d[calibrating]},{d[warming_up]},"
+        f"{d[alarm1]},{d[alarm2]},{d[alarm3]},{d[alarm4]},"
+        f"{protocol},{monotonic_ns},{received_at},{requested_at or ''},"
+        f"{'' if latency_s is None else repr(latency_s)},{_text(error)}\r\n"
+    )
+
+
+def _header_bytes() -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=_LINE_END).writerow(COLUMNS)
+    return buffer.getvalue().encode("utf-8")
+
+
+_HEADER: Final = _header_bytes()
+
+
+class CsvSink(LineFileSink):
+    """Write samples as CSV (utf-8, ``newline=""`` semantics, ``\\r\\n`` line ends).
+
+    Encoding: booleans ``1``/``0``, floats with ``repr``, None as an empty field, every other
+    value as text. Each ``write_many`` reaches the operating system before it returns.
+
+    Opening rules (the file is never truncated silently):
+
+    * missing or empty file → header, then rows;
+    * existing file whose first line is exactly the schema header → rows are **appended** (if
+      the file does not end with a line break, e.g. after a power cut, one is added first so
+      a damaged last line cannot swallow the next row);
+    * any other existing file → :class:`ServomexSinkSchemaError` naming the file and telling
+      the caller to pass ``overwrite=True``;
+    * ``overwrite=True`` → the file is replaced (with rotation: the whole series is removed).
+
+    Args:
+        path: the CSV file.
+        overwrite: replace an existing file instead of appending or refusing.
+        rotate_bytes: start a new file (``stem.0001.csv``, …) once the current one holds at
+            least this many bytes; each file has its own header.
+        rotate_seconds: start a new file once the current one is this many seconds old.
+            Both rotation checks happen before a batch is written; batches are never split.
+    """
+
+    _format = "CSV"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            path, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds, clock=clock
+        )
+        self._overwrite = bool(overwrite)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The header written to (and expected in) the file."""
+        return COLUMNS
+
+    def _start_series(self) -> None:
+        if not self._overwrite:
+            return
+        # overwrite=True: the capture starts again at `path`; older rotated files go too,
+        # otherwise a later append would continue an old series.
+        for old in reversed(rotated_paths(self._base_path)):
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise ServomexSinkWriteError(
+                    f"could not replace {old}: {exc}", context=file_context(old)
+                ) from exc
+        self._index = 0
+
+    def _prepare(self, path: Path) -> tuple[BinaryIO, bytes]:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        except OSError as exc:
+            raise self._write_error(f"could not open {path}", exc) from exc
+        prefix = b""
+        if size == 0:
+            prefix = _HEADER
+        else:
+            self._check_header(path)
+            if not ends_with_newline(path):
+                logger.warning("%s does not end with a line break; starting a new line", path)
+                prefix = _LINE_END.encode()
+        try:
+            handle = open_append(path)
+        except OSError as exc:
+            raise self._write_error(f"could not open {path}", exc) from exc
+        return handle, prefix
+
+    def _check_header(self, path: Path) -> None:
+        try:
+            with open(path, encoding="utf-8", newline="") as existing:
+                header = next(csv.reader(existing), [])
+        except OSError as exc:
+            raise self._write_error(f"could not read {path}", exc) from exc
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ServomexSinkSchemaError(
+                f"existing file {path} is not a CSV file of this schema ({exc}); "
+                "pass overwrite=True to replace it, or choose another path",
+                context=file_context(path),
+            ) from exc
+        if tuple(header) != COLUMNS:
+            raise ServomexSinkSchemaError(
+                f"existing file {path} has a different CSV header "
+                f"({len(header)} columns, expected {len(COLUMNS)}: {','.join(COLUMNS[:3])},…); "
+                "refusing to append: pass overwrite=True to replace it, or choose another path",
+                context=file_context(path),
+            )
+
+    def _encode(self, samples: Sequence[Sample]) -> bytes:
+        return "".join([csv_line(sample_to_values(s)) for s in samples]).encode("utf-8")
+
+    def _open_sync(self) -> None:
+        if self._overwrite:
+            self._index = 0
+            self._start_series()
+            path = self.path
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise self._write_error(f"could not replace {path}", exc) from exc
+            self._open_file()
+            # Only the first open() of this sink replaces; a reopen appends what it wrote.
+            self._overwrite = False
+            return
+        super()._open_sync()

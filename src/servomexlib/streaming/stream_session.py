@@ -1,0 +1,158 @@
+"""``StreamingSession``: an async iterator and async context manager over Samples (api.md §6).
+
+Two shapes share this class:
+
+* **Subscription** (continuous, AUTOPRINT): the queue is filled by the client's receiver; the
+  session is live as soon as it is created, so it can be iterated with or without ``async with``.
+  ``aclose()`` unsubscribes and frees the queue.
+* **Producer** (Modbus, POLL): a coroutine factory fills the queue; entering the session starts
+  it in a task group the session owns, closing cancels it. An error the producer raises is
+  re-raised to the consumer once the queued samples are read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..devices.models import Sample, StreamMode
+from ..errors import ServomexValidationError
+
+__all__ = ["Producer", "StreamingSession"]
+
+type Producer = Callable[[MemoryObjectSendStream[Sample]], Awaitable[None]]
+"""Fills the queue until done or cancelled; must not close the send stream itself."""
+
+
+class StreamingSession:
+    """Samples from one Analyzer, in arrival order.
+
+    Build it through ``Analyzer.stream()``. Iteration ends when the session is closed or the
+    underlying stream ends (e.g. the Analyzer exits).
+
+    Args:
+        receive: the queue the samples are read from.
+        mode: AUTOPRINT (subscription) or POLL (producer).
+        on_close: called once by ``aclose`` (unsubscribes from the receiver).
+        producer: for producer sessions, the coroutine factory started on entry.
+        send: the queue's send side, handed to ``producer`` (and closed when it ends).
+    """
+
+    def __init__(
+        self,
+        receive: MemoryObjectReceiveStream[Sample],
+        *,
+        mode: StreamMode,
+        on_close: Callable[[], None] | None = None,
+        producer: Producer | None = None,
+        send: MemoryObjectSendStream[Sample] | None = None,
+    ) -> None:
+        if (producer is None) != (send is None):
+            raise ValueError("producer and send are given together")
+        self._receive = receive
+        self._send = send
+        self._mode = mode
+        self._on_close = on_close
+        self._producer = producer
+        self._stack: AsyncExitStack | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    def with_producer(cls, producer: Producer, *, mode: StreamMode = StreamMode.POLL) -> Self:
+        """A producer session over a fresh unbounded queue."""
+        send, receive = anyio.create_memory_object_stream[Sample](math.inf)
+        return cls(receive, mode=mode, producer=producer, send=send)
+
+    @property
+    def mode(self) -> StreamMode:
+        return self._mode
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<StreamingSession mode={self._mode.value} {state}>"
+
+    # ------------------------------------------------------------------ context manager
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise ServomexValidationError("streaming session is closed")
+        if self._producer is not None and self._stack is None:
+            stack = AsyncExitStack()
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._stack = stack
+            await tg.start(self._run_producer)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
+
+    async def _run_producer(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self._producer is not None
+        assert self._send is not None
+        send = self._send
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            try:
+                await self._producer(send)
+            except Exception as exc:
+                # Re-raised to the consumer after the queued samples (bare, not a group).
+                self._error = exc
+            finally:
+                send.close()
+
+    # ------------------------------------------------------------------ iteration
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Sample:
+        if self._producer is not None and self._stack is None and not self._closed:
+            raise ServomexValidationError(
+                "enter the POLL streaming session first: async with anz.stream(...) as samples:"
+            )
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            error, self._error = self._error, None
+            if error is not None:
+                raise error from None
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Stop the producer (if any), unsubscribe, free the queue. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._on_close is not None:
+            self._on_close()
+        if self._send is not None and self._stack is None:
+            self._send.close()
+        self._receive.close()
+        await anyio.lowlevel.checkpoint()

@@ -1,0 +1,235 @@
+"""record(): absolute schedule, skipped slots, overflow policies, errors and reconnects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+
+from servomexlib.devices.models import OverflowPolicy, ProtocolKind, Sample
+from servomexlib.errors import ServomexConnectionError, ServomexTimeoutError
+from servomexlib.streaming.recorder import AcquisitionSummary, PollSource, percentile, record
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingSource:
+    """A PollSource that returns one error-free marker sample per call, numbered."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.started: list[float] = []
+        self.kwargs: list[dict[str, object]] = []
+
+    async def poll_samples(
+        self, *, names: Sequence[str] | None = None, timeout: float | None = None
+    ) -> list[Sample]:
+        self.started.append(anyio.current_time())
+        self.kwargs.append({"names": names, "timeout": timeout})
+        n = self.calls
+        self.calls += 1
+        if self.delay:
+            await anyio.sleep(self.delay)
+        return [
+            Sample(
+                device="counter",
+                channel=None,
+                reading=None,
+                protocol=ProtocolKind.MODBUS_RTU,
+                monotonic_ns=time.monotonic_ns(),
+                received_at=datetime.now(UTC),
+                metadata={"n": n},
+            )
+        ]
+
+
+def numbers(batches: list[Sequence[Sample]]) -> list[int]:
+    return [int(b[0].metadata["n"]) for b in batches]
+
+
+async def collect(rec_stream: object) -> list[Sequence[Sample]]:
+    out: list[Sequence[Sample]] = []
+    async for batch in rec_stream:  # type: ignore[attr-defined]
+        out.append(batch)
+    return out
+
+
+def test_percentile_linear_interpolation() -> None:
+    assert percentile([], 0.5) == 0.0
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.99) == pytest.approx(4.96)
+
+
+def test_counting_source_is_a_poll_source() -> None:
+    assert isinstance(CountingSource(), PollSource)
+
+
+async def test_fixed_rate_batches_and_stream_ends_by_itself() -> None:
+    source = CountingSource()
+    with anyio.fail_after(10):
+        async with record(source, rate_hz=20, duration=1.0, names=["a"], timeout=0.3) as rec:
+            assert rec.rate_hz == 20.0
+            assert isinstance(rec.summary, AcquisitionSummary)
+            batches = await collect(rec.stream)
+    assert numbers(batches) == list(range(20))
+    s = rec.summary
+    assert s.samples_emitted == 20
+    assert s.samples_late == 0
+    assert s.disconnects == 0
+    assert s.finished_at is not None
+    assert s.finished_at >= s.started_at
+    assert 0.0 <= s.tick_duration_ms_p50 <= s.tick_duration_ms_p99
+    assert s.max_drift_ms < 50.0  # generous: one period
+    # names and timeout are forwarded on every tick
+    assert all(k == {"names": ["a"], "timeout": 0.3} for k in source.kwargs)
+    # the schedule is absolute: tick n starts near start + n/20 s
+    t0 = source.started[0]
+    for n, t in enumerate(source.started):
+        assert t - t0 == pytest.approx(n / 20, abs=0.03)
+
+
+async def test_slow_source_skips_slots_without_drift() -> None:
+    source = CountingSource(delay=0.25)
+    with anyio.fail_after(10):
+        async with record(source, rate_hz=10, duration=1.5) as rec:
+            batches = await collect(rec.stream)
+    s = rec.summary
+    total_ticks = 15
+    # every slot is either fired or counted late (skipped)
+    assert s.samples_emitted == len(batches) == source.calls
+    assert s.samples_emitted + s.samples_late == total_ticks
+    assert s.samples_late >= 8
+    # polls only ever start on the 100 ms grid: no drift accumulates
+    t0 = source.started[0]
+    for t in source.started:
+        offset = (t - t0) / 0.1
+        assert abs(offset - round(offset)) < 0.5
+    assert s.tick_duration_ms_p50 >= 240.0
+
+
+async def test_overflow_block_delivers_every_batch_in_order() -> None:
+    source = CountingSource()
+    with anyio.fail_after(10):
+        async with record(
+            source, rate_hz=50, duration=0.4, buffer_size=1, overflow=OverflowPolicy.BLOCK
+        ) as rec:
+            batches = []
+            async for batch in rec.stream:
+                batches.append(batch)
+                await anyio.sleep(0.05)
+    got = numbers(batches)
+    assert got == list(range(len(got)))  # nothing dropped, in order
+    assert rec.summary.samples_emitted == len(got)
+    # the blocked producer fell behind its schedule: the skipped slots are counted
+    assert rec.summary.samples_emitted + rec.summary.samples_late == 20
+
+
+async def test_overflow_drop_newest_keeps_the_oldest() -> None:
+    source = CountingSource()
+    with anyio.fail_after(10):
+        async with record(
+            source, rate_hz=50, duration=0.4, buffer_size=2, overflow=OverflowPolicy.DROP_NEWEST
+        ) as rec:
+            await anyio.sleep(0.5)  # consumer asleep while all 20 ticks fire
+            batches = await collect(rec.stream)
+    assert numbers(batches) == [0, 1]
+    assert rec.summary.samples_emitted == 2
+    assert rec.summary.samples_late == 18
+
+
+async def test_overflow_drop_oldest_keeps_the_newest() -> None:
+    source = CountingSource()
+    with anyio.fail_after(10):
+        async with record(
+            source, rate_hz=50, duration=0.4, buffer_size=2, overflow=OverflowPolicy.DROP_OLDEST
+        ) as rec:
+            await anyio.sleep(0.5)
+            batches = await collect(rec.stream)
+    assert numbers(batches) == [18, 19]
+    assert rec.summary.samples_emitted == 20
+    assert rec.summary.samples_late == 18
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rate_hz": 0}, "rate_hz"),
+        ({"rate_hz": -1.0}, "rate_hz"),
+        ({"rate_hz": 1.0, "duration": 0}, "duration"),
+        ({"rate_hz": 1.0, "buffer_size": 0}, "buffer_size"),
+    ],
+)
+async def test_bad_arguments_raise_value_error(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        async with record(CountingSource(), **kwargs):  # type: ignore[arg-type]
+            pass
+
+
+class FailingSource(CountingSource):
+    def __init__(self, exc: Exception, fail_on: set[int]) -> None:
+        super().__init__()
+        self.exc = exc
+        self.fail_on = fail_on
+
+    async def poll_samples(
+        self, *, names: Sequence[str] | None = None, timeout: float | None = None
+    ) -> list[Sample]:
+        batch = await super().poll_samples(names=names, timeout=timeout)
+        if self.calls - 1 in self.fail_on:
+            raise self.exc
+        return batch
+
+
+async def test_other_errors_abort_and_propagate_bare() -> None:
+    err = ServomexTimeoutError("no response from slave")
+    source = FailingSource(err, {2})
+    received: list[Sequence[Sample]] = []
+
+    async def consume() -> None:
+        async with record(source, rate_hz=50, duration=1.0) as rec:
+            async for batch in rec.stream:
+                received.append(batch)
+
+    with anyio.fail_after(10), pytest.raises(ServomexTimeoutError) as info:
+        await consume()
+    assert info.value is err
+    assert numbers(received) == [0, 1]
+
+
+async def test_connection_error_without_reconnect_propagates_bare() -> None:
+    source = FailingSource(ServomexConnectionError("port vanished"), {1})
+    with anyio.fail_after(10), pytest.raises(ServomexConnectionError, match="port vanished"):
+        async with record(source, rate_hz=50, duration=1.0) as rec:
+            await collect(rec.stream)
+
+
+async def test_auto_reconnect_with_factory_resumes() -> None:
+    broken = FailingSource(ServomexConnectionError("port vanished"), {2})
+    fresh = CountingSource()
+    rebuilt = 0
+
+    async def factory() -> CountingSource:
+        nonlocal rebuilt
+        rebuilt += 1
+        return fresh
+
+    with anyio.fail_after(10):
+        async with record(
+            broken, rate_hz=20, duration=1.0, auto_reconnect=True, reconnect_factory=factory
+        ) as rec:
+            batches = await collect(rec.stream)
+    s = rec.summary
+    assert rebuilt == 1
+    assert s.disconnects == 1
+    assert [b[0].device for b in batches][:2] == ["counter", "counter"]
+    # batches before the loss came from the broken source, after it from the fresh one
+    assert numbers(batches)[:2] == [0, 1]
+    assert numbers(batches)[2:] == list(range(len(batches) - 2))
+    # 0.5 s backoff at 20 Hz: the lost tick plus the skipped slots are late
+    assert s.samples_emitted + s.samples_late == 20
+    assert s.samples_late >= 10

@@ -1,0 +1,193 @@
+"""The declared row schema, sample_to_row, and the hand-written CSV/JSON line encoders."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import servomexlib.sinks as sinks
+from servomexlib.devices.models import (
+    ChannelId,
+    ChannelKind,
+    ChannelStatus,
+    ProtocolKind,
+    Reading,
+    Sample,
+)
+from servomexlib.errors import ErrorContext, ServomexChecksumError
+from servomexlib.sinks import COLUMNS as LIB_COLUMNS
+from servomexlib.sinks import SCHEMA, ColumnType, sample_to_row, sample_to_values
+from servomexlib.sinks.csv import csv_line
+from servomexlib.sinks.jsonl import json_line
+from servomexlib.units import Unit
+from sink_samples import COLUMNS, expected_row, make_samples
+
+RECEIVED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def _reading_sample() -> Sample:
+    reading = Reading(
+        channel=ChannelId.I2,
+        kind=ChannelKind.TRANSDUCER,
+        name="CO",
+        value=0.012,
+        unit=Unit.PERCENT,
+        status=ChannelStatus(fault=False, calibrating=True, alarms=(False, True, False, False)),
+        protocol=ProtocolKind.MODBUS_RTU,
+        received_at=RECEIVED,
+        monotonic_ns=42,
+        raw=b"\x00" * 14,
+    )
+    return Sample(
+        device="north",
+        channel=ChannelId.I2,
+        reading=reading,
+        protocol=ProtocolKind.MODBUS_RTU,
+        monotonic_ns=42,
+        received_at=RECEIVED,
+        requested_at=RECEIVED,
+        latency_s=0.0315,
+        metadata={"ignored": True},
+    )
+
+
+def test_schema_declares_the_21_columns_of_the_spec_in_order() -> None:
+    assert list(LIB_COLUMNS) == COLUMNS
+    types = {c.name: c.type for c in SCHEMA}
+    assert types["value"] is ColumnType.FLOAT
+    assert types["latency_s"] is ColumnType.FLOAT
+    assert types["monotonic_ns"] is ColumnType.INT
+    for name in COLUMNS[6:15]:
+        assert types[name] is ColumnType.BOOL
+    for name in ("device", "channel", "kind", "name", "unit", "protocol", "received_at"):
+        assert types[name] is ColumnType.TEXT
+    assert [types[n] for n in ("requested_at", "error")] == [ColumnType.TEXT] * 2
+    assert ColumnType.BOOL.sqlite == "INTEGER"
+    assert ColumnType.FLOAT.postgres == "double precision"
+
+
+def test_sample_to_row_of_a_reading() -> None:
+    row = sample_to_row(_reading_sample())
+    assert list(row) == COLUMNS
+    assert row == {
+        "device": "north",
+        "channel": "I2",
+        "kind": "transducer",
+        "name": "CO",
+        "value": 0.012,
+        "unit": "%",
+        "ok": False,
+        "fault": False,
+        "maintenance": False,
+        "calibrating": True,
+        "warming_up": False,
+        "alarm1": False,
+        "alarm2": True,
+        "alarm3": False,
+        "alarm4": False,
+        "protocol": "modbus_rtu",
+        "monotonic_ns": 42,
+        "received_at": "2026-01-02T03:04:05.678901+00:00",
+        "requested_at": "2026-01-02T03:04:05.678901+00:00",
+        "latency_s": 0.0315,
+        "error": None,
+    }
+
+
+def test_sample_to_row_of_an_error_sample() -> None:
+    error = ServomexChecksumError("bad checksum", context=ErrorContext(port="/dev/ttyS0"))
+    sample = Sample(
+        device="d",
+        channel=None,
+        reading=None,
+        protocol=ProtocolKind.CONTINUOUS_ASCII,
+        monotonic_ns=7,
+        received_at=RECEIVED,
+        error=error,
+    )
+    row = sample_to_row(sample)
+    for name in COLUMNS[1:15]:
+        assert row[name] is None, name
+    assert row["error"] == "bad checksum [port=/dev/ttyS0]" == str(error)
+    assert row["protocol"] == "continuous"
+    assert row["requested_at"] is None
+    assert row["latency_s"] is None
+
+
+def test_rows_hold_native_types_only() -> None:
+    for sample in make_samples(500):
+        for value in sample_to_row(sample).values():
+            assert type(value) in (str, int, float, bool, type(None))
+
+
+def test_sample_to_row_matches_the_spec_for_varied_samples() -> None:
+    for sample in make_samples(3000):
+        row = sample_to_row(sample)
+        assert row == expected_row(sample)
+        assert sample_to_values(sample) == tuple(row.values())
+
+
+def test_package_exports_are_documented() -> None:
+    for name in sinks.__all__:
+        obj = getattr(sinks, name)
+        if name in ("COLUMNS", "SCHEMA", "IDENTIFIER_RE"):
+            continue
+        assert getattr(obj, "__doc__", None), name
+
+
+# -- the hand-written encoders equal the standard library's ----------------------------------
+
+_text = st.one_of(st.none(), st.text(max_size=20), st.sampled_from([",", '"', "\r", "\n", " a"]))
+_flag = st.one_of(st.none(), st.booleans())
+_float = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@st.composite
+def _rows(draw: st.DrawFn) -> tuple[Any, ...]:
+    return (
+        draw(st.text(max_size=20)),  # device
+        draw(st.one_of(st.none(), st.sampled_from([c.value for c in ChannelId]))),
+        draw(st.one_of(st.none(), st.sampled_from([k.value for k in ChannelKind]))),
+        draw(_text),  # name
+        draw(_float),  # value
+        draw(st.one_of(st.none(), st.sampled_from([u.value for u in Unit]))),
+        *(draw(_flag) for _ in range(9)),
+        draw(st.sampled_from([p.value for p in ProtocolKind])),
+        draw(st.integers(min_value=0, max_value=2**63 - 1)),
+        RECEIVED.isoformat(),
+        draw(st.one_of(st.none(), st.just(RECEIVED.isoformat()))),
+        draw(_float),  # latency_s
+        draw(_text),  # error
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_rows())
+def test_csv_line_equals_the_csv_module(row: tuple[Any, ...]) -> None:
+    buffer = io.StringIO()
+    digits = [int(v) if isinstance(v, bool) else v for v in row]
+    csv.writer(buffer).writerow(digits)
+    assert csv_line(row) == buffer.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_rows())
+def test_json_line_equals_json_dumps(row: tuple[Any, ...]) -> None:
+    as_dict = dict(zip(COLUMNS, row, strict=True))
+    assert json_line(row) == json.dumps(as_dict, ensure_ascii=False)
+
+
+def test_json_line_of_non_finite_numbers() -> None:
+    row = list(sample_to_values(_reading_sample()))
+    row[4] = math.inf
+    row[19] = math.nan
+    line = json_line(tuple(row))
+    assert '"value": Infinity' in line
+    assert '"latency_s": NaN' in line

@@ -1,0 +1,202 @@
+"""The sync facade: portal semantics, surface parity with the async API, end to end on sim://."""
+
+from __future__ import annotations
+
+import inspect
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from servomexlib.devices.analyzer import Analyzer
+from servomexlib.devices.models import ChannelId, ProtocolKind, Sample
+from servomexlib.errors import (
+    ServomexConfirmationRequiredError,
+    ServomexProtocolUnsupportedError,
+    ServomexTimeoutError,
+    ServomexValidationError,
+)
+from servomexlib.manager import ServomexManager
+from servomexlib.sync import Servomex, SyncAnalyzer, SyncPortal
+from servomexlib.sync.manager import SyncManager
+
+CONTINUOUS = "sim://?mode=continuous&period=0.05&realtime=0"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+# ---------------------------------------------------------------------------- portal
+
+
+async def _raise_group(depth: int) -> None:
+    exc: Exception = ServomexTimeoutError("deep")
+    for _ in range(depth):
+        exc = ExceptionGroup("wrapper", [exc])
+    raise exc
+
+
+async def _raise_two() -> None:
+    raise ExceptionGroup("two", [ValueError("a"), KeyError("b")])
+
+
+async def _add(a: int, *, b: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    return a + b
+
+
+def test_portal_calls_and_unwraps(backend: str) -> None:
+    portal = SyncPortal(backend=backend)
+    states = [portal.running]
+    with pytest.raises(RuntimeError, match="not running"):
+        portal.call(_add, 1, b=2)
+    with portal:
+        states.append(portal.running)
+        assert portal.call(_add, 1, b=2) == 3
+        for depth in (1, 3):
+            with pytest.raises(ServomexTimeoutError, match="deep"):
+                portal.call(_raise_group, depth)
+        with pytest.raises(ExceptionGroup) as info:
+            portal.call(_raise_two)
+        assert len(info.value.exceptions) == 2
+    states.append(portal.running)
+    assert states == [False, True, False]
+
+
+def test_unwrapped_error_keeps_its_cause(backend: str) -> None:
+    async def fail_with_cause() -> None:
+        inner = ServomexTimeoutError("lost")
+        inner.__cause__ = OSError("wire cut")
+        raise ExceptionGroup("g", [inner])
+
+    with SyncPortal(backend=backend) as portal, pytest.raises(ServomexTimeoutError) as info:
+        portal.call(fail_with_cause)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+# ---------------------------------------------------------------------------- surface parity
+
+SYNC_METHODS = [
+    "poll",
+    "read_channel",
+    "read_all",
+    "status",
+    "analyser_status",
+    "identify",
+    "snapshot",
+    "poll_samples",
+    "start_calibration",
+    "stop_calibration",
+    "calibration_status",
+    "loopback",
+    "stream",
+]
+
+
+@pytest.mark.parametrize("name", SYNC_METHODS)
+def test_sync_analyzer_mirrors_async_signature(name: str) -> None:
+    async_sig = inspect.signature(getattr(Analyzer, name))
+    sync_sig = inspect.signature(getattr(SyncAnalyzer, name))
+    assert list(async_sig.parameters) == list(sync_sig.parameters)
+    for pname, param in async_sig.parameters.items():
+        other = sync_sig.parameters[pname]
+        assert other.kind == param.kind, pname
+        assert other.default == param.default, pname
+
+
+@pytest.mark.parametrize("name", ["poll", "poll_samples", "execute_each", "remove", "get", "add"])
+def test_sync_manager_mirrors_async_signature(name: str) -> None:
+    async_sig = inspect.signature(getattr(ServomexManager, name))
+    sync_sig = inspect.signature(getattr(SyncManager, name))
+    assert list(async_sig.parameters) == list(sync_sig.parameters)
+    for pname, param in async_sig.parameters.items():
+        assert sync_sig.parameters[pname].default == param.default, pname
+
+
+def test_properties_mirror() -> None:
+    for prop in ("protocol", "capabilities", "info", "dropped_frames", "device"):
+        assert isinstance(getattr(Analyzer, prop), property)
+        assert isinstance(getattr(SyncAnalyzer, prop), property)
+    for prop in ("names", "closed"):
+        assert isinstance(getattr(SyncManager, prop), property)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.timeout(30)
+def test_servomex_open_continuous_sim(backend: str) -> None:
+    with Servomex.open(CONTINUOUS, protocol="continuous", backend=backend) as anz:
+        assert anz.protocol is ProtocolKind.CONTINUOUS_ASCII
+        assert anz.info is not None
+        assert [c.channel for c in anz.info.channels] == [
+            ChannelId.I1,
+            ChannelId.I2,
+            ChannelId.I3,
+            ChannelId.E1,
+            ChannelId.E2,
+        ]
+        frame = anz.poll(wait_fresh=True)
+        assert frame.channel("I1").value == pytest.approx(20.378)
+        assert frame.channel("I3").name == "CO2"
+        assert anz.read_channel("I2").value == pytest.approx(0.084)
+        assert anz.snapshot().readings
+        with pytest.raises(ServomexValidationError):
+            anz.read_channel("X9")
+        with pytest.raises(ServomexConfirmationRequiredError):
+            anz.start_calibration(1)
+        with pytest.raises(ServomexProtocolUnsupportedError):
+            anz.start_calibration(1, confirm=True)
+        got: list[Sample] = []
+        with anz.stream() as samples:
+            for sample in samples:
+                got.append(sample)
+                if len(got) >= 10:
+                    break
+        assert all(s.reading is not None for s in got)
+        assert {s.channel for s in got} >= {ChannelId.I1, ChannelId.E2}
+
+
+@pytest.mark.timeout(30)
+def test_servomex_open_modbus_sim_and_shared_portal(backend: str) -> None:
+    with SyncPortal(backend=backend) as portal:
+        with Servomex.open(
+            "sim://?mode=modbus_rtu&address=30&realtime=0",
+            protocol="modbus_rtu",
+            address=30,
+            portal=portal,
+        ) as anz:
+            assert anz.protocol is ProtocolKind.MODBUS_RTU
+            values = {ch: r.value for ch, r in anz.read_all().items()}
+            assert values[ChannelId.I1] == pytest.approx(20.378, abs=1e-5)
+            assert anz.read_channel("I3").name == "CO\u2082"
+            assert anz.loopback(b"\xab\xcd") == b"\xab\xcd"
+            assert not anz.calibration_status(1).active
+        assert portal.running  # a shared portal stays up
+
+
+@pytest.mark.timeout(30)
+def test_failed_open_closes_own_portal(backend: str) -> None:
+    with pytest.raises(ServomexValidationError):
+        Servomex.open("sim://?mode=continuous", protocol="continuous", address=0, backend=backend)
+    with pytest.raises(ServomexValidationError):
+        Servomex.open("nope://x", protocol="continuous", backend=backend)
+
+
+@pytest.mark.timeout(30)
+def test_sync_manager_polls_a_multidrop_sim(backend: str) -> None:
+    url = f"sim://sync-bus-{backend}?mode=modbus_rtu&address=1,2&realtime=0"
+    with SyncManager(backend=backend) as mgr:
+        mgr.add("a", url, address=1)
+        mgr.add("b", url, address=2)
+        assert list(mgr.names) == ["a", "b"]
+        results = mgr.poll()
+        assert all(r.ok for r in results.values())
+        samples = mgr.poll_samples()
+        assert {s.device for s in samples} == {"a", "b"}
+        mgr.remove("b")
+        assert list(mgr.names) == ["a"]
+    assert mgr.closed
