@@ -32,6 +32,9 @@ DSN="postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PORT/$DB_NAME"
 
 log() { printf 'postgres.sh: %s\n' "$*" >&2; }
 
+# CI may run with a short PATH; runuser lives in /usr/sbin on Debian.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
 find_bindir() {
     local dir
     dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"

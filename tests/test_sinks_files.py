@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from servomexlib.errors import ServomexSinkSchemaError, ServomexSinkWriteError
-from servomexlib.sinks import CsvSink, InMemorySink, JsonlSink, rotated_paths
+from servomexlib.sinks import CsvSink, InMemorySink, JsonlSink, Sink, rotated_paths
 from sink_samples import (
     COLUMNS,
     as_csv_fields,
@@ -169,6 +169,7 @@ async def test_life_cycle(tmp_path: Path, kind: str) -> None:
     sink = (
         CsvSink(path) if kind == "csv" else JsonlSink(path) if kind == "jsonl" else InMemorySink()
     )
+    assert isinstance(sink, Sink)
     with pytest.raises(RuntimeError, match="open"):
         await sink.write_many(make_samples(1))
     await sink.open()

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
 
 from servomexlib.devices.analyzer import Analyzer
-from servomexlib.devices.models import ChannelId, ProtocolKind, Sample
+from servomexlib.devices.models import ChannelId, ErrorPolicy, ProtocolKind, Sample
 from servomexlib.errors import (
     ServomexConfirmationRequiredError,
     ServomexProtocolUnsupportedError,
@@ -17,7 +26,16 @@ from servomexlib.errors import (
     ServomexValidationError,
 )
 from servomexlib.manager import ServomexManager
-from servomexlib.sync import Servomex, SyncAnalyzer, SyncPortal
+from servomexlib.sinks import CsvSink
+from servomexlib.sync import (
+    Servomex,
+    SyncAnalyzer,
+    SyncPortal,
+    record_to_sink,
+    sync_csv_sink,
+    sync_jsonl_sink,
+    sync_sqlite_sink,
+)
 from servomexlib.sync.manager import SyncManager
 
 CONTINUOUS = "sim://?mode=continuous&period=0.05&realtime=0"
@@ -200,3 +218,104 @@ def test_sync_manager_polls_a_multidrop_sim(backend: str) -> None:
         mgr.remove("b")
         assert list(mgr.names) == ["a"]
     assert mgr.closed
+
+
+# ---------------------------------------------------------------------------- plain sync over ptys
+
+
+_SIMULATE = "import sys; from servomexlib.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@contextmanager
+def simulate(*args: str) -> Iterator[str]:
+    """Run `servomex simulate` in a subprocess; yield the pty path it prints first."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _SIMULATE, "simulate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            path = proc.stdout.readline().strip()
+            assert path, "servomex simulate printed nothing"
+            yield path
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_plain_sync_scenarios_over_real_ptys() -> None:
+    with (
+        simulate("--mode", "modbus_rtu", "--address", "1,2", "--seed", "3") as bus,
+        simulate("--mode", "continuous", "--frame-period", "0.2") as broadcast,
+    ):
+        # Modbus multidrop through the sync manager
+        with SyncManager(error_policy=ErrorPolicy.RETURN) as mgr:
+            mgr.add("a", bus, address=1)
+            mgr.add("b", bus, address=2)
+            mgr.add("ghost", bus, address=9, timeout=0.2)
+            results = mgr.poll()
+            assert results["a"].ok
+            assert results["b"].ok
+            assert isinstance(results["ghost"].error, ServomexTimeoutError)
+            frame = results["a"].value
+            assert frame is not None
+            assert frame.channel("I1").value == pytest.approx(20.378, abs=1e-5)
+        # a continuous analyser through Servomex.open
+        with Servomex.open(broadcast, protocol="continuous") as anz:
+            assert anz.poll(wait_fresh=True).channel("I2").value == pytest.approx(0.084)
+        # errors arrive as plain Servomex* exceptions and the with block always closes the port
+        with (
+            pytest.raises(ServomexTimeoutError),
+            Servomex.open(
+                bus, protocol="modbus_rtu", address=7, timeout=0.2, identify=False
+            ) as dead,
+        ):
+            dead.poll()
+        with (
+            pytest.raises(ServomexValidationError),
+            Servomex.open(bus, protocol="modbus_rtu", address=1, identify=False) as anz,
+        ):
+            anz.read_channel("Q7")
+        # the port was released both times: an exclusive open succeeds again
+        with Servomex.open(bus, protocol="modbus_rtu", address=2, identify=False) as anz:
+            assert anz.read_channel("I3").name == "CO\u2082"
+
+
+@pytest.mark.timeout(30)
+def test_record_to_sink_and_sync_sinks(backend: str, tmp_path: Path) -> None:
+    with SyncPortal(backend=backend) as portal:
+        with Servomex.open(CONTINUOUS, protocol="continuous", portal=portal) as anz:
+            csv_path = tmp_path / "rec.csv"
+            summary = record_to_sink(
+                anz.analyzer, CsvSink(csv_path), rate_hz=10, duration=0.5, portal=portal
+            )
+            with csv_path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            assert summary.samples_emitted == len(rows) == 5 * 5
+            assert {r["channel"] for r in rows} == {"I1", "I2", "I3", "E1", "E2"}
+            assert float(rows[0]["value"]) == pytest.approx(20.378)
+            db = tmp_path / "rec.db"
+            with sync_sqlite_sink(db, portal=portal) as sink:
+                sink.write_many(anz.poll_samples())
+            with sync_jsonl_sink(tmp_path / "rec.jsonl", portal=portal) as sink:
+                sink.write_many(anz.poll_samples())
+        assert portal.running
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("select count(*), min(device) from samples").fetchone()[0] == 5
+    lines = (tmp_path / "rec.jsonl").read_text().splitlines()
+    assert [json.loads(line)["channel"] for line in lines] == ["I1", "I2", "I3", "E1", "E2"]
+
+
+def test_sync_sink_owns_its_portal(tmp_path: Path) -> None:
+    sink = sync_csv_sink(tmp_path / "own.csv")
+    with sink:
+        sink.write_many([])
+    assert not sink._portal.running
+    assert (tmp_path / "own.csv").exists()

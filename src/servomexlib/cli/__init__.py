@@ -3,6 +3,15 @@
 Each subcommand lives in its own module ``servomexlib.cli.<name>`` exposing
 ``register(subparsers)``, which adds its parser and sets ``handler`` — a function taking the
 parsed arguments and returning the exit code. :func:`main` only dispatches.
+
+The six family-compatible scripts (``servomex-read``, ``servomex-stream``,
+``servomex-discover``, ``servomex-decode``, ``servomex-capture``, ``servomex-diag``) are the
+``*_main`` functions below: each builds the very same subcommand parser under its own program
+name, so options and output are identical to ``servomex <sub>``.
+
+Exit codes: 0 success; 1 an error (``error: …`` on stderr, no traceback); 2 bad usage
+(argparse) or, for ``discover``, nothing found; 130 Ctrl-C in read, stream, decode, discover
+and diag (watch, capture and simulate treat Ctrl-C as the normal way to stop and exit 0).
 """
 
 from __future__ import annotations
@@ -11,13 +20,34 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._version import __version__
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = [
+    "SUBCOMMANDS",
+    "build_parser",
+    "capture_main",
+    "decode_main",
+    "diag_main",
+    "discover_main",
+    "main",
+    "read_main",
+    "stream_main",
+]
 
 #: Modules under ``servomexlib.cli`` that provide a subcommand, in help order.
-SUBCOMMANDS: tuple[str, ...] = ("simulate",)
+SUBCOMMANDS: tuple[str, ...] = (
+    "read",
+    "stream",
+    "watch",
+    "capture",
+    "decode",
+    "discover",
+    "diag",
+    "simulate",
+    "plot",
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,12 +65,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``servomex`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: return the code, not raise
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
     return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``servomex`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return _dispatch(build_parser(), argv)
+
+
+class _SingleCommand:
+    """Stands in for argparse's subparsers object so a subcommand's ``register`` builds a
+    top-level parser named ``servomex-<name>`` (same options, same handler)."""
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.parser: argparse.ArgumentParser | None = None
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.pop("help", None)
+        kwargs.pop("aliases", None)
+        self.parser = argparse.ArgumentParser(prog=self.prog, **kwargs)
+        self.parser.add_argument(
+            "--version", action="version", version=f"{self.prog} {__version__}"
+        )
+        return self.parser
+
+
+def alias_parser(name: str) -> argparse.ArgumentParser:
+    """The standalone parser of ``servomex-<name>``."""
+    single = _SingleCommand(f"servomex-{name}")
+    importlib.import_module(f"{__name__}.{name}").register(single)
+    assert single.parser is not None
+    return single.parser
+
+
+def _alias(name: str) -> Callable[[Sequence[str] | None], int]:
+    def alias_main(argv: Sequence[str] | None = None) -> int:
+        return _dispatch(alias_parser(name), argv)
+
+    alias_main.__name__ = f"{name}_main"
+    alias_main.__doc__ = f"Entry point of ``servomex-{name}`` (= ``servomex {name}``)."
+    return alias_main
+
+
+read_main = _alias("read")
+stream_main = _alias("stream")
+discover_main = _alias("discover")
+decode_main = _alias("decode")
+capture_main = _alias("capture")
+diag_main = _alias("diag")

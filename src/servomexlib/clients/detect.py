@@ -19,6 +19,17 @@ So the ladder asks first and listens last:
    the continuous receiver starts with it.
 5. Otherwise raise :class:`~servomexlib.errors.ServomexConnectionError` naming what was tried.
 
+**Sniffing during the probes.** A broadcasting analyser ignores the probes, but its frames
+arrive while they run: the probes' line reads them as stale bytes during its pre-request
+silence, or its framer rejects them as non-matching replies. Waiting for both probes to time
+out (≈ 3.3 s each) before listening would make continuous detection slow for no reason, so one
+:class:`_Sniffer` sees every byte read during the whole ladder (through the
+:class:`~servomexlib.clients.modbus.ModbusLine` ``on_receive`` hook, then in the listen step).
+A checksum-valid, fully parsed frame seen at any point ends the ladder at once as
+CONTINUOUS_ASCII: the probe in flight is cancelled and the frame plus every byte read after it
+is pushed back. The order of §8 is unchanged — the probes still go first and a Modbus answer
+still wins — the listen step merely starts with the bytes the probes already read.
+
 The temporary clients are never closed (that would close the transport); they own no task.
 """
 
@@ -42,7 +53,7 @@ from ..errors import (
     ServomexValidationError,
 )
 from ..wire.continuous import FrameSplitter, parse_frame
-from .modbus import ModbusClient
+from .modbus import ModbusClient, ModbusLine
 
 if TYPE_CHECKING:
     from ..transport.base import Transport
@@ -126,15 +137,31 @@ async def detect_protocol(
     period = frame_period if frame_period is not None else frame_frequency
     window = max(listen_timeout, 2 * period) if period is not None else listen_timeout
     started = time.monotonic()
+    sniffer = _Sniffer()
 
     for framing in (ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII):
         transport.drain_input()
-        if await _probe(transport, framing, address, probe_timeout, probe_tries):
+        answered = False
+        with anyio.CancelScope() as scope:
+            sniffer.scope = scope
+            answered = await _probe(
+                transport, framing, address, probe_timeout, probe_tries, sniffer
+            )
+        sniffer.scope = None
+        if sniffer.found is not None:
+            transport.pushback(sniffer.take())
+            _log.info(
+                "%s: AUTO saw a continuous frame during the %s probe",
+                transport.label,
+                framing.value,
+            )
+            return ProtocolKind.CONTINUOUS_ASCII
+        if answered:
             _log.info("%s: AUTO found %s at address %d", transport.label, framing.value, address)
             return framing
 
     transport.drain_input()
-    if await _listen(transport, window):
+    if await _listen(transport, window, sniffer):
         _log.info("%s: AUTO found continuous frames", transport.label)
         return ProtocolKind.CONTINUOUS_ASCII
     raise ServomexConnectionError(
@@ -147,11 +174,64 @@ async def detect_protocol(
     )
 
 
+class _Sniffer:
+    """Looks for a valid continuous frame in every byte AUTO reads, probes included.
+
+    ``feed`` splits the bytes at CR/LF; the first segment that passes checksum and full parse
+    is found. From then on ``found`` holds that frame (terminator included) and every byte fed
+    after it, and ``scope`` — the cancel scope of the probe in flight, if any — is cancelled so
+    the ladder ends at once. ``feed`` never raises (it runs inside the probe line's reads).
+    """
+
+    def __init__(self) -> None:
+        self._splitter = FrameSplitter()
+        self._pending = bytearray()  # the splitter's partial line, as raw bytes
+        self.found: bytearray | None = None
+        self.scope: anyio.CancelScope | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.found is not None:
+            self.found += data  # bytes after the frame belong to the continuous receiver
+            return
+        self._pending += data
+        for segment in self._splitter.feed(data):
+            try:
+                parse_frame(
+                    segment, received_at=datetime.now(UTC), monotonic_ns=time.monotonic_ns()
+                )
+            except ServomexProtocolError:
+                continue  # misaligned, partial or corrupt: keep looking
+            # Segments are cut from these bytes, so the frame is found in them.
+            begin = max(self._pending.find(segment), 0)
+            self.found = bytearray(self._pending[begin:])
+            self._pending.clear()
+            if self.scope is not None:
+                self.scope.cancel()
+            return
+        # Keep only what the splitter still holds (bounded by its maximum segment).
+        del self._pending[: len(self._pending) - self._splitter.buffered]
+
+    def take(self) -> bytes:
+        """The recognised frame and the bytes after it (empty if none was found)."""
+        data = bytes(self.found or b"")
+        self.found = None
+        return data
+
+
 async def _probe(
-    transport: Transport, framing: ProtocolKind, address: int, timeout: float, tries: int
+    transport: Transport,
+    framing: ProtocolKind,
+    address: int,
+    timeout: float,
+    tries: int,
+    sniffer: _Sniffer,
 ) -> bool:
-    """FC08 ``AB CD`` up to ``tries`` times; True on the echo or an exception reply."""
-    client = ModbusClient(transport, framing=framing, address=address, timeout=timeout)
+    """FC08 ``AB CD`` up to ``tries`` times; True on the echo or an exception reply.
+
+    Every byte the probe's line reads is shown to ``sniffer`` as well.
+    """
+    line = ModbusLine(transport, framing=framing, on_receive=sniffer.feed)
+    client = ModbusClient(line, framing=framing, address=address, timeout=timeout)
     for attempt in range(tries):
         try:
             echo = await client.loopback(PROBE_PAYLOAD)
@@ -167,25 +247,15 @@ async def _probe(
     return False
 
 
-async def _listen(transport: Transport, window: float) -> bool:
-    """Listen for ``window`` seconds; on the first valid frame push it (and the rest) back."""
-    splitter = FrameSplitter()
-    pending = bytearray()  # bytes not yet handed out as segments: the splitter's partial line
+async def _listen(transport: Transport, window: float, sniffer: _Sniffer) -> bool:
+    """Listen for ``window`` seconds; on the first valid frame push it (and the rest) back.
+
+    The sniffer keeps what the probes read, so a frame they left half-read completes here.
+    """
     with anyio.move_on_after(window):
-        while True:
-            chunk = await transport.receive(_LISTEN_CHUNK)
-            pending += chunk
-            for segment in splitter.feed(chunk):
-                try:
-                    parse_frame(
-                        segment, received_at=datetime.now(UTC), monotonic_ns=time.monotonic_ns()
-                    )
-                except ServomexProtocolError:
-                    continue  # misaligned, partial or corrupt: keep listening
-                # Segments are cut from these bytes, so the frame is found in them.
-                begin = max(pending.find(segment), 0)
-                transport.pushback(bytes(pending[begin:]))
-                return True
-            # Keep only what the splitter still holds (bounded by its maximum segment).
-            del pending[: len(pending) - splitter.buffered]
-    return False
+        while sniffer.found is None:
+            sniffer.feed(await transport.receive(_LISTEN_CHUNK))
+    if sniffer.found is None:
+        return False
+    transport.pushback(sniffer.take())
+    return True

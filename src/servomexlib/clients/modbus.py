@@ -241,6 +241,9 @@ class ModbusLine:
             sees bytes parked for a continuous reader).
         framing: ``MODBUS_RTU`` or ``MODBUS_ASCII``.
         silence_s: pre-request silence (default 50 ms, HW).
+        on_receive: called with every chunk read from the transport — stale bytes discarded
+            during a silence and reply bytes alike — before anything else looks at it. AUTO
+            uses it to spot continuous frames while its Modbus probes run; it must not raise.
 
     Raises:
         ServomexValidationError: a non-Modbus framing or a negative silence.
@@ -252,12 +255,14 @@ class ModbusLine:
         *,
         framing: ProtocolKind | str,
         silence_s: float = SILENCE_S,
+        on_receive: Callable[[bytes], None] | None = None,
     ) -> None:
         self._framing = _framing(framing)
         if not math.isfinite(silence_s) or silence_s < 0:
             raise ServomexValidationError(f"silence_s must be >= 0, got {silence_s!r}")
         self._transport = transport
         self._silence = float(silence_s)
+        self._on_receive = on_receive
         settings = transport.serial_settings
         char_time = settings.char_time_s if settings is not None else 10 / 19200
         self._char_time = char_time
@@ -356,6 +361,8 @@ class ModbusLine:
 
     def _received(self, data: bytes, *, stale: bool = False) -> None:
         self._last_activity = anyio.current_time()
+        if self._on_receive is not None and data:
+            self._on_receive(data)
         if stale:
             self._stale_bytes += len(data)
             _log.debug("discarded %d stale byte(s) on %s", len(data), self._transport.label)

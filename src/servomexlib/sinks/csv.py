@@ -33,6 +33,22 @@ def _text(value: str | None) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
+_LABELS: dict[str, str] = {}  # device and channel names repeat: cache their CSV form
+_LABELS_MAX: Final = 4096
+
+
+def _label(value: str | None) -> str:
+    """:func:`_text` memoised for the few distinct device and channel names of a capture."""
+    if value is None:
+        return ""
+    text = _LABELS.get(value)
+    if text is None:
+        text = _text(value)
+        if len(_LABELS) < _LABELS_MAX:  # bounded: arbitrary names cannot grow it forever
+            _LABELS[value] = text
+    return text
+
+
 def csv_line(values: RowValues) -> str:
     """One CSV line for a row, byte-identical to ``csv.writer().writerow`` after mapping
     booleans to 1/0.
@@ -67,7 +83,7 @@ def csv_line(values: RowValues) -> str:
     ) = values
     d = _DIGIT
     return (
-        f"{_text(device)},{channel or ''},{kind or ''},{_text(name)},"
+        f"{_label(device)},{channel or ''},{kind or ''},{_label(name)},"
         f"{'' if value is None else repr(value)},{unit or ''},"
         f"{d[ok]},{d[fault]},{d[maintenance]},{d[calibrating]},{d[warming_up]},"
         f"{d[alarm1]},{d[alarm2]},{d[alarm3]},{d[alarm4]},"

@@ -65,7 +65,13 @@ class ParquetSink(BaseSink):
 
     Column types come from the declared schema (string, float64, bool, int64), all nullable.
     Each ``write_many`` becomes one row group (split further only when ``row_group_size`` is
-    smaller than the batch).
+    smaller than the batch), so feed it large batches (``pipe(..., batch_size=10_000)``):
+    tiny row groups make big, slow files.
+
+    Crash behaviour: a single Parquet file is readable only after ``close()`` wrote its footer;
+    a process killed before that leaves an unreadable file. ``part_batches=N`` writes a
+    directory of complete part files instead, so a kill loses at most the open part's ``N``
+    batches (see the module documentation).
 
     Args:
         path: the ``.parquet`` file (or, with ``part_batches``, the dataset directory).

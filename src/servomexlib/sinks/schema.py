@@ -147,10 +147,16 @@ def _make_converter() -> Callable[[Sample], RowValues]:
 
     def convert(sample: Sample) -> RowValues:
         """The row of ``sample`` as a tuple in COLUMNS order (same values as sample_to_row)."""
+        received_at = sample.received_at
+        received = received_iso(received_at)
         requested = sample.requested_at
+        if requested is None:
+            requested_text = None
+        elif requested is received_at:  # polled samples: one instant, often one object
+            requested_text = received
+        else:
+            requested_text = requested_iso(requested)
         protocol = sample.protocol._value_
-        received = received_iso(sample.received_at)
-        requested_text = None if requested is None else requested_iso(requested)
         reading = sample.reading
         if reading is None:
             error = sample.error

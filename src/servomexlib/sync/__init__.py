@@ -8,6 +8,19 @@ thread (:class:`SyncPortal`); errors arrive as the plain ``Servomex*`` exception
 from __future__ import annotations
 
 from .analyzer import Servomex, SyncAnalyzer, SyncStreamingSession
+from .manager import SyncManager
 from .portal import SyncPortal
+from .sinks import SyncSink, record_to_sink, sync_csv_sink, sync_jsonl_sink, sync_sqlite_sink
 
-__all__ = ["Servomex", "SyncAnalyzer", "SyncPortal", "SyncStreamingSession"]
+__all__ = [
+    "Servomex",
+    "SyncAnalyzer",
+    "SyncManager",
+    "SyncPortal",
+    "SyncSink",
+    "SyncStreamingSession",
+    "record_to_sink",
+    "sync_csv_sink",
+    "sync_jsonl_sink",
+    "sync_sqlite_sink",
+]

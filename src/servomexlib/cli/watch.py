@@ -1,0 +1,4 @@
+from typing import Any
+
+def register(subparsers: Any) -> None:
+    pass

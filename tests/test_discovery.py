@@ -1,0 +1,207 @@
+"""Discovery (api.md §14): discover_port, find_devices, summarize against simulators and ptys."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from servomexlib.devices.models import ChannelId, ProtocolKind
+from servomexlib.discovery import (
+    DiscoveryResult,
+    DiscoverySummary,
+    discover_port,
+    find_devices,
+    summarize,
+)
+from servomexlib.errors import (
+    ServomexConnectionError,
+    ServomexModbusError,
+    ServomexValidationError,
+)
+from servomexlib.settings import SerialSettings
+from servomexlib.sim import Simulator
+from servomexlib.transport.serial import SerialTransport
+from servomexlib.units import Unit
+
+pytestmark = pytest.mark.anyio
+
+CHANNELS = [ChannelId.I1, ChannelId.I2, ChannelId.I3, ChannelId.E1, ChannelId.E2]
+
+
+@asynccontextmanager
+async def silent_pty() -> AsyncIterator[str]:
+    """A pseudo-terminal nobody writes to."""
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def assert_released(path: str) -> None:
+    """The port was closed: an exclusive open succeeds."""
+    transport = await SerialTransport.open(SerialSettings(port=path, exclusive=True))
+    await transport.aclose()
+
+
+async def test_find_devices_in_all_three_modes_and_a_silent_pty() -> None:
+    async with (
+        Simulator(mode="modbus_rtu", address=30) as rtu,
+        Simulator(mode="modbus_ascii", address=30) as ascii_,
+        Simulator(mode="continuous", frame_period=0.5) as cont,
+        silent_pty() as silent,
+    ):
+        ports = [await rtu.serve_pty(), await ascii_.serve_pty(), await cont.serve_pty(), silent]
+        started = time.monotonic()
+        with anyio.fail_after(40):
+            results = await find_devices(ports, address=30, timeout=0.3, frame_period=0.5)
+        elapsed = time.monotonic() - started
+        for path in ports:
+            await assert_released(path)  # every port opened here was closed again
+
+    assert [r.port for r in results] == ports
+    assert [r.protocol for r in results] == [
+        ProtocolKind.MODBUS_RTU,
+        ProtocolKind.MODBUS_ASCII,
+        ProtocolKind.CONTINUOUS_ASCII,
+        None,
+    ]
+    assert [r.ok for r in results] == [True, True, True, False]
+    assert [r.is_broadcaster for r in results] == [False, False, True, False]
+    for r in results[:3]:
+        assert r.error is None
+        assert r.info is not None
+        assert [c.channel for c in r.info.channels] == CHANNELS
+        assert [c.name for c in r.info.channels] == ["Oxygen", "CO", None, None, None][:2] + [
+            "CO₂" if r.protocol is not ProtocolKind.CONTINUOUS_ASCII else "CO2",
+            None,
+            None,
+        ]
+        assert r.info.channels[3].unit is Unit.MILLIAMP
+        assert r.info.serial_settings.port == r.port
+    assert results[0].info is not None and results[0].info.address == 30
+    assert results[1].info is not None and results[1].info.address == 30
+    assert results[2].info is not None and results[2].info.address == 0
+
+    failed = results[3]
+    assert failed.info is None
+    assert isinstance(failed.error, ServomexConnectionError)
+    assert str(failed.error).startswith(f"no recognised protocol on {silent}")
+
+    # Read-only: the Modbus analysers saw loopback probes and register reads, no coil write.
+    for sim in (rtu, ascii_):
+        assert sim.coil_log == ()
+        codes = {
+            r.adu[1] if sim.mode is ProtocolKind.MODBUS_RTU else int(r.adu[3:5], 16)
+            for r in sim.requests
+        }
+        assert codes == {0x08, 0x04}
+    # Sequential, each within its own AUTO bound (silent: ≈ 6.6 s of probes + 1 s listening).
+    assert elapsed < 30
+
+    summary = summarize(results)
+    assert isinstance(summary, DiscoverySummary)
+    assert summary.found == tuple(results[:3])
+    assert summary.failed == (failed,)
+    assert summary.total == 4
+
+
+async def test_a_borrowed_transport_is_left_open() -> None:
+    sim = Simulator(mode="modbus_ascii", address=7, realtime=False)
+    transport = sim.transport()
+    try:
+        with anyio.fail_after(20):
+            result = await discover_port(transport, address=7, timeout=0.2)
+        assert result.ok
+        assert result.port == transport.label
+        assert result.protocol is ProtocolKind.MODBUS_ASCII
+        assert transport.is_open
+        # Still usable by the caller afterwards.
+        request = b":07080000ABCD75\r\n"
+        await transport.send(request)
+        with anyio.fail_after(5):
+            assert await transport.read_until(b"\n", timeout=2) == request
+    finally:
+        await transport.aclose()
+
+
+async def test_a_borrowed_continuous_transport_is_left_open() -> None:
+    sim = Simulator(mode="continuous", frame_period=0.1, realtime=False)
+    transport = sim.transport()
+    try:
+        with anyio.fail_after(20):
+            result = await discover_port(transport, timeout=0.2, frame_period=0.1)
+            assert result.ok
+            assert result.is_broadcaster
+            assert result.info is not None
+            assert [c.channel for c in result.info.channels] == CHANNELS
+            assert transport.is_open
+            # The receiver stopped with discovery: the caller reads the line itself again.
+            line = await transport.read_until(b"\n", timeout=2)
+        assert line.endswith(b"\n")
+    finally:
+        await transport.aclose()
+
+
+class _BrokenFc04(Simulator):
+    """Answers FC08 normally but refuses FC04 with exception 04 (device failure)."""
+
+    def _answer(self, pdu: bytes, at: float) -> bytes:
+        if pdu[:1] == b"\x04":
+            return bytes((0x84, 0x04))
+        return super()._answer(pdu, at)
+
+
+async def test_identify_failure_keeps_the_protocol_and_stores_the_error() -> None:
+    sim = _BrokenFc04(mode="modbus_rtu", realtime=False)
+    transport = sim.transport()
+    try:
+        with anyio.fail_after(20):
+            result = await discover_port(transport, timeout=0.2)
+    finally:
+        await transport.aclose()
+    assert result.protocol is ProtocolKind.MODBUS_RTU
+    assert result.info is None
+    assert isinstance(result.error, ServomexModbusError)
+    assert result.error.context.extra["exception_code"] == 4
+    assert not result.ok
+    assert summarize([result]).failed == (result,)
+
+
+@pytest.mark.parametrize(
+    ("port", "kwargs", "error"),
+    [
+        ("bogus://x", {}, ServomexValidationError),
+        ("/dev/servomexlib-does-not-exist", {}, ServomexConnectionError),
+        ("sim://?mode=modbus_rtu", {"address": 0}, ServomexValidationError),
+        ("sim://?mode=modbus_rtu", {"timeout": -1.0}, ServomexValidationError),
+        ("sim://?mode=modbus_rtu", {"frame_period": 0}, ServomexValidationError),
+    ],
+)
+async def test_errors_are_stored_not_raised(
+    port: str, kwargs: dict[str, float], error: type[Exception]
+) -> None:
+    with anyio.fail_after(10):
+        result = await discover_port(port, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(result, DiscoveryResult)
+    assert isinstance(result.error, error)
+    assert result.protocol is None
+    assert result.info is None
+    assert not result.ok
+    assert not result.is_broadcaster
+
+
+async def test_sim_url_port_and_empty_summary() -> None:
+    with anyio.fail_after(10):
+        (result,) = await find_devices(["sim://?mode=modbus_rtu&address=12&realtime=0"], address=12)
+    assert result.ok
+    assert result.info is not None
+    assert result.info.address == 12
+    empty = summarize([])
+    assert empty.found == () and empty.failed == () and empty.total == 0
