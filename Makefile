@@ -6,22 +6,34 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck check bench clean
+.PHONY: venv demo test test-all lint typecheck check bench bench-quick clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,plot]'
 	touch $(STAMP)
 
-# The main job: read a simulated analyser (no hardware needed).
+# The main job: record a simulated analyser for 10 s, then plot it (no hardware needed).
 demo: venv
-	$(PY) examples/demo.py
+	$(VENV)/bin/servomex capture "sim://?mode=modbus_rtu&scenario=drift" --duration 10 --out demo.csv --overwrite
+	$(VENV)/bin/servomex plot demo.csv
 
 test: venv
 	$(PY) -m pytest
+
+# Also the tests marked slow (200 Modbus polls with the silence rule, ...).
+test-all: venv
+	$(PY) -m pytest --run-slow
+
+# Figures against physical limits, over real ptys with realistic line timing (~8 min).
+bench: venv
+	$(PY) -m benchmarks
+
+bench-quick: venv
+	$(PY) -m benchmarks --quick
 
 lint: venv
 	$(PY) -m ruff check .
@@ -33,4 +45,4 @@ typecheck: venv
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo.csv demo.png

@@ -171,7 +171,8 @@ async def run_async(settings: Settings) -> list[Figure]:
                     ("<=", POLL_TARGET),
                     note=(
                         f"{res.transactions:g} transactions, {res.wire_bytes:g} bytes/poll on the "
-                        f"wire (model {plan_chars(model, cheapest)}), plan {_describe_plan(res.plan)}"
+                        f"wire (model {plan_chars(model, cheapest)}), "
+                        f"plan {_describe_plan(res.plan)}"
                         f"{'' if same else ' != cheapest ' + _describe_plan(cheapest)}; "
                         f"{overhead_ms:+.1f} ms/transaction over the model; retries {res.retries}"
                     ),

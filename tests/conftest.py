@@ -18,3 +18,22 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run tests marked @pytest.mark.slow (deselected by default)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``slow`` tests unless ``--run-slow`` is given (or ``-m`` names markers)."""
+    if config.getoption("--run-slow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]

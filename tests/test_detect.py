@@ -254,9 +254,9 @@ async def test_open_device_auto_over_a_pty_within_the_bound(
 async def test_continuous_found_during_the_probes_not_after_them() -> None:
     """A broadcaster is recognised while the RTU probe is still running (well before the
     ≈ 6.6 s the two Modbus probes would take), and the recognised frame is not lost."""
+    from servomexlib.settings import SerialSettings
     from servomexlib.sim import Simulator
     from servomexlib.transport.serial import SerialTransport
-    from servomexlib.settings import SerialSettings
 
     async with Simulator(mode="continuous", frame_period=0.5, realtime=True) as sim:
         path = await sim.serve_pty()

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from anymodbus.crc import crc16_modbus_bytes
 
 from servomexlib.devices.models import ChannelId, ProtocolKind
 from servomexlib.discovery import (
@@ -78,16 +79,11 @@ async def test_find_devices_in_all_three_modes_and_a_silent_pty() -> None:
         assert r.error is None
         assert r.info is not None
         assert [c.channel for c in r.info.channels] == CHANNELS
-        assert [c.name for c in r.info.channels] == ["Oxygen", "CO", None, None, None][:2] + [
-            "CO₂" if r.protocol is not ProtocolKind.CONTINUOUS_ASCII else "CO2",
-            None,
-            None,
-        ]
+        co2 = "CO2" if r.is_broadcaster else "CO₂"  # continuous names are ASCII
+        assert [c.name for c in r.info.channels] == ["Oxygen", "CO", co2, None, None]
         assert r.info.channels[3].unit is Unit.MILLIAMP
         assert r.info.serial_settings.port == r.port
-    assert results[0].info is not None and results[0].info.address == 30
-    assert results[1].info is not None and results[1].info.address == 30
-    assert results[2].info is not None and results[2].info.address == 0
+    assert [r.info.address for r in results[:3] if r.info is not None] == [30, 30, 0]
 
     failed = results[3]
     assert failed.info is None
@@ -113,20 +109,21 @@ async def test_find_devices_in_all_three_modes_and_a_silent_pty() -> None:
 
 
 async def test_a_borrowed_transport_is_left_open() -> None:
-    sim = Simulator(mode="modbus_ascii", address=7, realtime=False)
+    sim = Simulator(mode="modbus_rtu", address=7, realtime=False)
     transport = sim.transport()
     try:
         with anyio.fail_after(20):
             result = await discover_port(transport, address=7, timeout=0.2)
         assert result.ok
         assert result.port == transport.label
-        assert result.protocol is ProtocolKind.MODBUS_ASCII
+        assert result.protocol is ProtocolKind.MODBUS_RTU
         assert transport.is_open
         # Still usable by the caller afterwards.
-        request = b":07080000ABCD75\r\n"
+        request = bytes.fromhex("07 08 00 00 AB CD")
+        request += crc16_modbus_bytes(request)
         await transport.send(request)
         with anyio.fail_after(5):
-            assert await transport.read_until(b"\n", timeout=2) == request
+            assert await transport.read_exact(len(request), timeout=2) == request
     finally:
         await transport.aclose()
 
@@ -204,4 +201,4 @@ async def test_sim_url_port_and_empty_summary() -> None:
     assert result.info is not None
     assert result.info.address == 12
     empty = summarize([])
-    assert empty.found == () and empty.failed == () and empty.total == 0
+    assert (empty.found, empty.failed, empty.total) == ((), (), 0)

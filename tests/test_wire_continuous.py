@@ -92,7 +92,7 @@ def block_frame(**overrides: str) -> Frame:
 
 
 # --------------------------------------------------------------------------------------------
-# Real captures (tests/data, /work/shared/fixtures/captures/README.md, protocol.md §3.9)
+# Real captures (tests/data, the captures README of the shared fixtures, protocol.md §3.9)
 
 
 IDLE_CLOCKS = ["02:54:12", "02:54:14", "02:54:16", "02:54:18", "02:54:21", "02:54:23"]

@@ -66,11 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors: return the code, not raise
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 2)
+    # --help, --version and usage errors raise SystemExit (0 or 2) as argparse does.
+    args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

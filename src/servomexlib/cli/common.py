@@ -48,7 +48,6 @@ __all__ = [
     "add_device_options",
     "add_format_option",
     "analyzer_address",
-    "cancel_on",
     "count",
     "emit_json",
     "first_leaf",
@@ -221,8 +220,12 @@ def first_leaf(exc: BaseException) -> BaseException | None:
 
 def _interrupted(exc: BaseException) -> bool:
     leaves = list(_leaves(exc))
+    # Outside the event loop the backend's cancellation class is unknown: match by name.
     return bool(leaves) and all(
-        isinstance(leaf, KeyboardInterrupt | anyio.get_cancelled_exc_class()) for leaf in leaves
+        isinstance(leaf, KeyboardInterrupt)
+        or type(leaf).__name__ == "CancelledError"
+        or type(leaf).__name__ == "Cancelled"
+        for leaf in leaves
     )
 
 
@@ -326,9 +329,7 @@ async def open_analyzer(
         fake = FakeTransport(label=str(fixture))
         async with anyio.create_task_group() as tg:
             tg.start_soon(replay, fake, frames)
-            anz = await open_continuous(
-                fake, timeout=args.timeout, frame_period=args.frame_period
-            )
+            anz = await open_continuous(fake, timeout=args.timeout, frame_period=args.frame_period)
             async with anz:
                 if identify:
                     await anz.identify()
@@ -389,7 +390,7 @@ def format_sample_line(sample: Sample) -> str:
     if sample.reading is None:
         return f"error: {sample.error}"
     reading = sample.reading
-    return f"{reading.channel.value:<3} {str(reading.value):>10} {reading.unit.value}"
+    return f"{reading.channel.value:<3} {reading.value!s:>10} {reading.unit.value}"
 
 
 def _iso(value: Any) -> str | None:
@@ -466,12 +467,3 @@ def analyzer_address(anz: Analyzer) -> int | None:
     if anz.protocol is ProtocolKind.CONTINUOUS_ASCII:
         return None
     return int(anz.client.address)
-
-
-async def cancel_on(scope: anyio.CancelScope, *signums: int) -> None:
-    """Cancel ``scope`` when one of ``signums`` arrives (used as a background task)."""
-    with anyio.open_signal_receiver(*signums) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
-

@@ -38,8 +38,12 @@ def register(subparsers: Any) -> None:
         description="Identify the analyser (unless --no-identify) and print one frame.",
     )
     add_device_options(p)
-    p.add_argument("--no-identify", dest="no_identify", action="store_true",
-                   help="skip identify (no 'device:' line)")
+    p.add_argument(
+        "--no-identify",
+        dest="no_identify",
+        action="store_true",
+        help="skip identify (no 'device:' line)",
+    )
     add_format_option(p)
     p.set_defaults(handler=run)
 

@@ -35,10 +35,15 @@ def register(subparsers: Any) -> None:
         description="Stream samples: continuous broadcasts, or Modbus polls at --rate Hz.",
     )
     add_device_options(p)
-    p.add_argument("--rate", type=positive_float, default=1.0,
-                   help="Modbus polls per second (default: 1.0; ignored in continuous mode)")
-    p.add_argument("--count", type=count, default=10,
-                   help="samples to print, 0 = until Ctrl-C (default: 10)")
+    p.add_argument(
+        "--rate",
+        type=positive_float,
+        default=1.0,
+        help="Modbus polls per second (default: 1.0; ignored in continuous mode)",
+    )
+    p.add_argument(
+        "--count", type=count, default=10, help="samples to print, 0 = until Ctrl-C (default: 10)"
+    )
     add_format_option(p)
     p.set_defaults(handler=run)
 
@@ -50,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def _stream(args: argparse.Namespace) -> int:
     seen = 0
-    async with open_analyzer(args) as anz, anz.stream(rate_hz=args.rate) as samples:
+    async with (
+        open_analyzer(args, identify=True) as anz,
+        anz.stream(rate_hz=args.rate) as samples,
+    ):
         async for sample in samples:
             if args.format == "json":
                 emit_json(sample_to_row(sample))

@@ -7,11 +7,10 @@ Transport is used as is. Either way the returned Analyzer closes the transport o
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from ..clients.base import AnalyzerClient
 from ..clients.continuous import ContinuousClient, first_frame_wait
-from ..errors import ErrorContext, ServomexProtocolUnsupportedError, ServomexValidationError
+from ..errors import ErrorContext, ServomexValidationError
 from ..settings import SerialSettings
 from ..transport.base import ByteStreamTransport, Transport
 from ..transport.ports import parse_port, resolve_transport
@@ -210,20 +209,13 @@ async def detect_protocol(
     _check_positive("listen_timeout", listen_timeout, ctx, optional=False)
     _check_positive("frame_period", period, ctx, optional=True)
     window = listen_timeout if period is None else max(listen_timeout, 2.0 * period)
-    # TODO(modbus helper): the AUTO ladder lives in servomexlib.clients.detect (protocol.md §8).
-    try:
-        from ..clients import detect  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        raise ServomexProtocolUnsupportedError(
-            "AUTO protocol detection is not available yet; pass protocol= explicitly",
-            context=ctx,
-        ) from None
-    ladder: Any = detect.detect_protocol
-    kind: ProtocolKind = await ladder(
+    # Imported lazily: the ladder's Modbus probes need the Modbus stack (anymodbus).
+    from ..clients.detect import detect_protocol as ladder
+
+    return await ladder(
         transport,
         address=address,
         probe_timeout=probe_timeout,
         probe_tries=probe_tries,
         listen_timeout=window,
     )
-    return kind

@@ -387,3 +387,117 @@ class Frame:
 
 
 coerce_channel = _coerce_channel
+
+
+# --------------------------------------------------------------------------------------------
+# Fast construction for the decode hot path (private)
+#
+# The generated ``__init__`` of a frozen dataclass stores each field through
+# ``object.__setattr__`` (the class's own ``__setattr__`` refuses); for a Reading that is about
+# 60 % of decoding a continuous frame. These builders create the same objects by calling the
+# slot descriptors directly. They do no conversion or validation, so only decoders that already
+# hold correctly typed values use them; the public constructors are unchanged. Arguments are
+# positional, in field order, and every field must be given.
+
+_READING_FIELDS = (
+    "channel",
+    "kind",
+    "name",
+    "value",
+    "unit",
+    "status",
+    "protocol",
+    "received_at",
+    "monotonic_ns",
+    "raw",
+)
+_FRAME_FIELDS = (
+    "readings",
+    "analyser",
+    "protocol",
+    "received_at",
+    "monotonic_ns",
+    "raw",
+    "requested_at",
+    "latency_s",
+)
+_ANALYSER_FIELDS = ("fault", "maintenance", "cal_groups", "clock")
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> list[Any]:
+    # Guard against a field being added, removed or reordered without updating the builders.
+    actual = tuple(f.name for f in dataclasses.fields(cls))
+    if actual != names:  # pragma: no cover - a development-time error
+        raise TypeError(f"fast builder of {cls.__name__} is out of date: {actual} != {names}")
+    return [getattr(cls, name).__set__ for name in names]
+
+
+_new = object.__new__
+(_r0, _r1, _r2, _r3, _r4, _r5, _r6, _r7, _r8, _r9) = _slot_setters(Reading, _READING_FIELDS)
+(_f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7) = _slot_setters(Frame, _FRAME_FIELDS)
+(_a0, _a1, _a2, _a3) = _slot_setters(AnalyserStatus, _ANALYSER_FIELDS)
+
+
+def _build_reading(
+    channel: ChannelId,
+    kind: ChannelKind,
+    name: str | None,
+    value: float | None,
+    unit: Unit,
+    status: ChannelStatus,
+    protocol: ProtocolKind,
+    received_at: datetime,
+    monotonic_ns: int,
+    raw: bytes,
+) -> Reading:
+    """``Reading(...)`` without the frozen ``__init__`` (equal to it, field for field)."""
+    r: Reading = _new(Reading)
+    _r0(r, channel)
+    _r1(r, kind)
+    _r2(r, name)
+    _r3(r, value)
+    _r4(r, unit)
+    _r5(r, status)
+    _r6(r, protocol)
+    _r7(r, received_at)
+    _r8(r, monotonic_ns)
+    _r9(r, raw)
+    return r
+
+
+def _build_frame(
+    readings: tuple[Reading, ...],
+    analyser: AnalyserStatus,
+    protocol: ProtocolKind,
+    received_at: datetime,
+    monotonic_ns: int,
+    raw: bytes,
+    requested_at: datetime | None,
+    latency_s: float | None,
+) -> Frame:
+    """``Frame(...)`` without the frozen ``__init__`` (equal to it, field for field)."""
+    f: Frame = _new(Frame)
+    _f0(f, readings)
+    _f1(f, analyser)
+    _f2(f, protocol)
+    _f3(f, received_at)
+    _f4(f, monotonic_ns)
+    _f5(f, raw)
+    _f6(f, requested_at)
+    _f7(f, latency_s)
+    return f
+
+
+def _build_analyser_status(
+    fault: bool,
+    maintenance: bool,
+    cal_groups: tuple[CalGroupState, CalGroupState, CalGroupState, CalGroupState],
+    clock: datetime | None,
+) -> AnalyserStatus:
+    """``AnalyserStatus(...)`` without the frozen ``__init__`` (equal to it, field for field)."""
+    a: AnalyserStatus = _new(AnalyserStatus)
+    _a0(a, fault)
+    _a1(a, maintenance)
+    _a2(a, cal_groups)
+    _a3(a, clock)
+    return a

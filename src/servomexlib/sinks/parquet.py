@@ -26,6 +26,7 @@ import importlib
 import os
 import re
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,6 +59,25 @@ def import_pyarrow() -> tuple[Any, Any]:
             f"ParquetSink needs pyarrow >= 16: {_INSTALL_HINT}"
         ) from exc
     return pa, pq
+
+
+def _column_array(pa: Any, values: list[Any], kind: Any, n: int) -> Any:
+    """The Arrow array of one column of a batch (``n`` values of Arrow type ``kind``).
+
+    A column holding one value in every row — the device, the protocol, flags that did not
+    change, None in ``requested_at``/``latency_s``/``error`` — is built by Arrow itself
+    (``nulls``/``repeat``) instead of converting ``n`` Python objects; the values are the same.
+    ``list.count`` compares with ``is`` first, then ``==``, which for None, text and bools
+    means the same stored value.
+    """
+    first = values[0]
+    if (first is None or first is True or first is False or type(first) is str) and values.count(
+        first
+    ) == n:
+        if first is None:
+            return pa.nulls(n, kind)
+        return pa.repeat(pa.scalar(first, type=kind), n)
+    return pa.array(values, type=kind)
 
 
 class ParquetSink(BaseSink):
@@ -219,11 +239,15 @@ class ParquetSink(BaseSink):
 
     def _write_sync(self, samples: Sequence[Sample]) -> None:
         pa = self._pa
-        rows = [sample_to_values(s) for s in samples]
+        n = len(samples)
+        width = len(self._types)
+        # Rows are flattened into one list and the columns taken as strided slices (C loops).
+        # ``zip(*rows)`` would do the same but keeps one live iterator per row, enough to set
+        # off a cyclic-GC pass on every batch.
+        flat = list(chain.from_iterable([sample_to_values(s) for s in samples]))
         try:
             arrays = [
-                pa.array(column, type=kind)
-                for column, kind in zip(zip(*rows, strict=True), self._types, strict=True)
+                _column_array(pa, flat[i::width], kind, n) for i, kind in enumerate(self._types)
             ]
             table = pa.Table.from_arrays(arrays, schema=self._schema)
         except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -231,7 +255,7 @@ class ParquetSink(BaseSink):
         if self.part_batches is not None and self._writer is None:
             self._writer = self._new_writer(self._part_paths()[0])
         try:
-            self._writer.write_table(table, row_group_size=self.row_group_size or len(rows))
+            self._writer.write_table(table, row_group_size=self.row_group_size or n)
         except (OSError, pa.ArrowException) as exc:
             raise self._error(f"could not write a row group to {self.path}", exc) from exc
         if self.part_batches is not None:

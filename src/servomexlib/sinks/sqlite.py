@@ -17,6 +17,18 @@ or power cut can lose the last commits (``synchronous="FULL"`` closes that windo
 Against an existing table the sink writes the schema columns the table has (those it lacks are
 dropped with one warning each); table columns that are not in the schema are left out of the
 INSERT and so take their default (NULL unless the table declares another).
+
+Throughput: what a batch costs is mostly binding parameters. Python's ``sqlite3`` binds exact
+``int``/``float``/``str`` directly but sends ``bool`` and ``None`` through its adapter
+machinery, which costs several times more per value, and a sample row has 9 flags and usually
+3-4 Nones. So each batch is first turned into columns and every column is classified: a column
+that is None in every row becomes the literal ``NULL``, a flag column that is the same in every
+row the literal ``0``/``1``, a text column with one value in every row (device, protocol) a
+numbered parameter bound once per statement; only the rest are bound per row (flags as ints).
+The stored values are exactly those of binding every value one by one. Rows go in multi-row
+``INSERT … VALUES (…), (…)`` statements of 64 rows and, for the remainder, of 32, 16, … 1 rows,
+so each batch "shape" needs at most seven statements, compiled once and kept in the
+connection's statement cache.
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from .base import (
     rotation_path,
     validate_identifier,
 )
-from .schema import COLUMNS, SCHEMA, RowValues, sample_to_values
+from .schema import COLUMNS, SCHEMA, ColumnType, RowValues, sample_to_values
 
 __all__ = ["SqliteSink"]
 
@@ -58,9 +70,13 @@ T = TypeVar("T")
 
 _JOURNAL_MODES: Final = frozenset({"DELETE", "TRUNCATE", "PERSIST", "MEMORY", "WAL", "OFF"})
 _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-#: Rows per multi-row INSERT: 64 x 21 = 1344 parameters, well below SQLite's limit of 32766
-#: host parameters (SQLite >= 3.32; Python 3.13 bundles 3.40 or later).
+#: Rows per multi-row INSERT: at most 64 x 21 = 1344 parameters, well below SQLite's limit of
+#: 32766 host parameters (SQLite >= 3.32; Python 3.13 bundles 3.40 or later).
 _CHUNK_ROWS: Final = 64
+#: Distinct INSERT texts kept (shape x row count); the set is cleared when it grows past this.
+_SQL_CACHE_LIMIT: Final = 256
+#: Statements kept compiled by the connection (the ``sqlite3`` default is 128).
+_CACHED_STATEMENTS: Final = 256
 
 
 class SqliteSink(BaseSink):
@@ -114,9 +130,7 @@ class SqliteSink(BaseSink):
         self._index = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._insert_sql = ""
-        self._insert_chunk_sql = ""
-        self._pick: Callable[[RowValues], RowValues] | None = None
+        self._inserts: _InsertBuilder | None = None
         self._columns: tuple[str, ...] = ()
 
     @property
@@ -180,7 +194,12 @@ class SqliteSink(BaseSink):
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, autocommit=True, timeout=self.busy_timeout_ms / 1000.0)
+            conn = sqlite3.connect(
+                path,
+                autocommit=True,
+                timeout=self.busy_timeout_ms / 1000.0,
+                cached_statements=_CACHED_STATEMENTS,
+            )
         except (OSError, sqlite3.Error) as exc:
             raise ServomexSinkWriteError(
                 f"could not open SQLite database {path}: {exc}", context=self._context()
@@ -219,34 +238,25 @@ class SqliteSink(BaseSink):
                 context=self._context(),
             )
         present = {row[1] for row in info}
-        self._columns, self._pick = _select_columns(present, f"SQLite table {self.table}")
-        names = ", ".join(quote_identifier(c) for c in self._columns)
-        marks = "(" + ", ".join("?" for _ in self._columns) + ")"
-        self._insert_sql = f"INSERT INTO {table} ({names}) VALUES {marks}"
-        self._insert_chunk_sql = (
-            f"INSERT INTO {table} ({names}) VALUES {', '.join([marks] * _CHUNK_ROWS)}"
-        )
+        self._columns, _ = _select_columns(present, f"SQLite table {self.table}")
+        self._inserts = _InsertBuilder(table, self._columns)
 
     def _write_sync(self, samples: Sequence[Sample]) -> None:
         if self._rotation.enabled and self._rotation.due(self._file_size()):
             self._rotate()
         conn = self._conn
+        inserts = self._inserts
         assert conn is not None
-        pick = self._pick
-        if pick is None:
-            rows = [sample_to_values(s) for s in samples]
-        else:
-            rows = [pick(sample_to_values(s)) for s in samples]
+        assert inserts is not None
+        # One flat list of every value, row after row (a list comprehension: it calls the
+        # converter without a C-level call per sample, unlike map()).
+        flat = list(chain.from_iterable([sample_to_values(s) for s in samples]))
+        statements = inserts.statements(flat, len(samples))
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # Full chunks as multi-row INSERTs (fewer statement steps), the rest one by one.
-                whole = len(rows) - len(rows) % _CHUNK_ROWS
-                chunk_sql = self._insert_chunk_sql
-                for start in range(0, whole, _CHUNK_ROWS):
-                    flat = list(chain.from_iterable(rows[start : start + _CHUNK_ROWS]))
-                    conn.execute(chunk_sql, flat)
-                conn.executemany(self._insert_sql, rows[whole:])
+                for sql, params in statements:
+                    conn.execute(sql, params)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -254,7 +264,7 @@ class SqliteSink(BaseSink):
                 raise
         except sqlite3.Error as exc:
             raise ServomexSinkWriteError(
-                f"could not write {len(rows)} samples to SQLite table {self.table} in "
+                f"could not write {len(samples)} samples to SQLite table {self.table} in "
                 f"{self.path} (batch rolled back): {exc}",
                 context=self._context(),
             ) from exc
@@ -283,6 +293,101 @@ class SqliteSink(BaseSink):
                     f"could not close SQLite database {self.path}: {exc}",
                     context=self._context(),
                 ) from exc
+
+
+class _InsertBuilder:
+    """Turns a batch of rows into multi-row INSERT statements and their parameters.
+
+    See the module documentation for why. Each column of the batch is classified (``mode``):
+    ``"NULL"`` (None in every row), ``"0"``/``"1"`` (a flag column, the same bool in every row),
+    ``"?k"`` (a text column with one value, bound once as parameter ``k``) or ``"?"`` (bound per
+    row; a flag that ``is`` True/False as the int 1/0, anything else unchanged).
+
+    Constancy is tested with ``list.count`` (identity first, then ``==``, all in C): for text
+    and None that means the same stored value; a flag column counts as constant when every
+    value equals its first, a bool — ChannelStatus flags are bools, and the int literal stores
+    what binding ``True``/``False`` (adapted to 1/0) stores.
+    """
+
+    __slots__ = ("_flags", "_indexes", "_prefix", "_sql")
+
+    def __init__(self, table_sql: str, columns: tuple[str, ...]) -> None:
+        names = ", ".join(quote_identifier(c) for c in columns)
+        self._prefix = f"INSERT INTO {table_sql} ({names}) VALUES "
+        #: The schema positions of the columns the table has, in schema order.
+        self._indexes = tuple(COLUMNS.index(name) for name in columns)
+        self._flags = tuple(SCHEMA[COLUMNS.index(name)].type is ColumnType.BOOL for name in columns)
+        self._sql: dict[tuple[tuple[str, ...], int], str] = {}
+
+    def statements(self, flat: list[Any], n: int) -> list[tuple[str, list[Any]]]:
+        """The ``(sql, parameters)`` pairs that insert ``n`` rows (n >= 1), in order.
+
+        ``flat`` holds the rows' values one row after the other (``n`` x 21, COLUMNS order).
+        """
+        assert len(flat) == n * len(COLUMNS)
+        # Strided slices (C loops) transpose the rows into columns.
+        columns = [flat[i :: len(COLUMNS)] for i in self._indexes]
+        modes: list[str] = []
+        constants: list[Any] = []
+        variable: list[list[Any]] = []
+        # ``list.count`` compares with ``is`` first, then ``==``; for the text and None
+        # columns tested here equality means the same stored value.
+        for column, is_flag in zip(columns, self._flags, strict=True):
+            first = column[0]
+            if first is None:
+                if column.count(None) == n:
+                    modes.append("NULL")
+                    continue
+            elif is_flag:
+                if (first is True or first is False) and column.count(first) == n:
+                    modes.append("1" if first else "0")
+                    continue
+            elif type(first) is str and column.count(first) == n:
+                constants.append(first)
+                modes.append(f"?{len(constants)}")
+                continue
+            modes.append("?")
+            if is_flag:
+                variable.append([1 if v is True else 0 if v is False else v for v in column])
+            else:
+                variable.append(column)
+        shape = tuple(modes)
+        k = len(constants)
+        width = len(variable)
+        out: list[tuple[str, list[Any]]] = []
+        start = 0
+        size = _CHUNK_ROWS
+        while start < n:
+            while size > n - start:
+                size //= 2
+            # The parameter list is filled column by column with strided slice assignments
+            # (C loops, no per-row tuples): row r, column j goes to k + r * width + j.
+            params = constants + [None] * (size * width)
+            for j, values in enumerate(variable):
+                params[k + j :: width] = values[start : start + size]
+            out.append((self._statement(shape, k, size), params))
+            start += size
+        return out
+
+    def _statement(self, shape: tuple[str, ...], constants: int, rows: int) -> str:
+        """The INSERT of ``rows`` rows of ``shape`` (cached; ``constants`` = number of ?k)."""
+        key = (shape, rows)
+        sql = self._sql.get(key)
+        if sql is None:
+            row = "(" + ", ".join(shape) + ")"
+            first = row
+            if constants and "?" in shape:
+                # SQLite numbers an anonymous "?" one above the largest number used so far:
+                # naming the first per-row parameter ?k+1 keeps ?1..?k for the constants even
+                # when a constant column comes after it.
+                marks = list(shape)
+                marks[marks.index("?")] = f"?{constants + 1}"
+                first = "(" + ", ".join(marks) + ")"
+            if len(self._sql) >= _SQL_CACHE_LIMIT:
+                self._sql.clear()
+            sql = self._prefix + ", ".join([first, *[row] * (rows - 1)])
+            self._sql[key] = sql
+        return sql
 
 
 def _choice(value: str, allowed: frozenset[str], what: str) -> str:

@@ -37,6 +37,9 @@ from ..devices.models import (
     Frame,
     ProtocolKind,
     Reading,
+    _build_analyser_status,
+    _build_frame,
+    _build_reading,
 )
 from ..errors import (
     ErrorContext,
@@ -201,14 +204,35 @@ _BLOCK_CACHE: dict[bytes, _BlockDecode] = {}
 _BLOCK_CACHE_LIMIT = 1024
 
 
-def _decode_clock(date: bytes, time: bytes) -> datetime | None:
-    # Explicit indexing instead of unpacking a generator: this runs once per frame.
+# The date field changes once a day: its (year, month, day) — or None when it is not three
+# integers — is cached. Whether the whole clock is a valid datetime is still checked per frame.
+_DATE_CACHE: dict[bytes, tuple[int, int, int] | None] = {}
+
+
+def _decode_date(date: bytes) -> tuple[int, int, int] | None:
     d = date.split(b"-")
-    t = time.split(b":")
-    if len(d) != 3 or len(t) != 3:
+    if len(d) != 3:
         return None
     try:
-        return datetime(2000 + int(d[2]), int(d[1]), int(d[0]), int(t[0]), int(t[1]), int(t[2]))
+        return 2000 + int(d[2]), int(d[1]), int(d[0])
+    except ValueError:
+        return None
+
+
+def _decode_clock(date: bytes, time: bytes) -> datetime | None:
+    try:
+        ymd = _DATE_CACHE[date]
+    except KeyError:
+        ymd = _decode_date(date)
+        if len(_DATE_CACHE) >= _CACHE_LIMIT:
+            _DATE_CACHE.clear()
+        _DATE_CACHE[date] = ymd
+    # Explicit indexing instead of unpacking a generator: this runs once per frame.
+    t = time.split(b":")
+    if ymd is None or len(t) != 3:
+        return None
+    try:
+        return datetime(ymd[0], ymd[1], ymd[2], int(t[0]), int(t[1]), int(t[2]))
     except (ValueError, TypeError, OverflowError):
         return None
 
@@ -225,6 +249,111 @@ def _decode_cal_groups(
 
 
 _GROUP_CACHE: dict[bytes, tuple[CalGroupState, CalGroupState, CalGroupState, CalGroupState]] = {}
+
+
+# Whole channel-block sections (every block of a frame, as bytes) → their decoded blocks and
+# byte sum. Consecutive frames of a live analyser usually differ only in the clock, so the
+# sections repeat; bounded like the block cache.
+_BODY_CACHE: dict[bytes, tuple[tuple[_BlockDecode, ...], int]] = {}
+_BODY_CACHE_LIMIT = 1024
+_SEMI = 0x3B
+
+
+def _decode_body(body: bytes) -> tuple[tuple[_BlockDecode, ...], int] | None:
+    """Blocks and byte sum of a section of whole blocks; None if it is not exactly that."""
+    tokens = body.split(b";")
+    if len(tokens) % BLOCK_FIELDS != 1 or tokens[-1] != b"":
+        return None
+    blocks = []
+    cache = _BLOCK_CACHE
+    for start in range(0, len(tokens) - 1, BLOCK_FIELDS):
+        fields = tokens[start : start + BLOCK_FIELDS]
+        raw_block = b";".join(fields)
+        block = cache.get(raw_block)
+        if block is None:
+            try:
+                block = _decode_block(fields, raw_block, body)
+            except ServomexParseError:
+                return None  # the full parse raises it, with the whole frame as context
+            if len(cache) >= _BLOCK_CACHE_LIMIT:
+                cache.clear()
+            cache[raw_block] = block
+        blocks.append(block)
+    return tuple(blocks), sum(body)
+
+
+def _parse_standard(frame: bytes, received_at: datetime, monotonic_ns: int) -> Frame | None:
+    """The fast path of :func:`parse_frame` for a frame in the analyser's own layout.
+
+    It applies when the header is the standard 33 bytes (5 fields) and every check of the full
+    parse passes; it then returns the very same Frame. Anything else — a bad checksum, a
+    different layout, an unknown channel — returns None and the full parse decides (and raises
+    in the documented order). The checksum is the header's byte sum plus the cached sum of the
+    block section, which is the sum the full parse computes.
+    """
+    if (
+        len(frame) < HEADER_LENGTH + TRAILER_LENGTH
+        or frame[0] != _SPACE
+        or frame[HEADER_LENGTH - 1] != _SEMI
+        or frame[-1] != _SEMI
+        or frame[-TRAILER_LENGTH - 1] != _SEMI
+    ):
+        return None
+    head = frame[1:HEADER_LENGTH]
+    header = head.split(b";")
+    if len(header) != HEADER_FIELDS + 1:
+        return None
+    body = frame[HEADER_LENGTH:-TRAILER_LENGTH]
+    cached = _BODY_CACHE.get(body)
+    if cached is None:
+        cached = _decode_body(body)
+        if cached is None:
+            return None
+        if len(_BODY_CACHE) >= _BODY_CACHE_LIMIT:
+            _BODY_CACHE.clear()
+        _BODY_CACHE[body] = cached
+    blocks, body_sum = cached
+    field = frame[-TRAILER_LENGTH:-1]
+    if not _HEX.issuperset(field) or int(field, 16) != (sum(head) + body_sum) & 0xFFFF:
+        return None
+    try:
+        n = int(header[4].strip())
+    except ValueError:
+        return None
+    if n != len(blocks):
+        return None
+    groups = _GROUP_CACHE.get(header[3])
+    if groups is None:
+        groups = _decode_cal_groups(header[3])
+        if len(_GROUP_CACHE) < _CACHE_LIMIT:
+            _GROUP_CACHE[header[3]] = groups
+    fm = header[2]
+    analyser = _build_analyser_status(
+        len(fm) > 0 and fm[0] == 0x46,  # 'F'
+        len(fm) > 1 and fm[1] == 0x4D,  # 'M'
+        groups,
+        _decode_clock(header[0], header[1]),
+    )
+    protocol = ProtocolKind.CONTINUOUS_ASCII
+    build = _build_reading
+    readings = tuple(
+        [
+            build(
+                b.channel,
+                b.kind,
+                b.name,
+                b.value,
+                b.unit,
+                b.status,
+                protocol,
+                received_at,
+                monotonic_ns,
+                b.raw,
+            )
+            for b in blocks
+        ]
+    )
+    return _build_frame(readings, analyser, protocol, received_at, monotonic_ns, frame, None, None)
 
 
 def parse_frame(
@@ -247,6 +376,9 @@ def parse_frame(
         ServomexParseError: N is not an integer, or a channel id is unknown.
     """
     frame = _strip_terminator(bytes(raw))
+    fast = _parse_standard(frame, received_at, monotonic_ns)
+    if fast is not None:
+        return fast
     if not frame or frame[0] != _SPACE:
         raise ServomexFrameError(
             "continuous frame must start with a space (0x20)", context=_context(frame)

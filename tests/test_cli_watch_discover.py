@@ -1,0 +1,163 @@
+"""`servomex watch` (non-TTY, rendered with a forced terminal, and in a real pty) and
+`servomex discover`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from servomexlib.cli import main
+from servomexlib.cli.watch import WatchState, flags_text, render, sparkline
+from servomexlib.decode import decode_frame, split_frames
+from servomexlib.devices.models import ProtocolKind
+
+DATA = Path(__file__).parent / "data"
+LIVE = DATA / "continuous_4100_live_5ch.bin"
+CONT = "sim://?mode=continuous&period=0.05"
+SERVOMEX = Path(sys.executable).with_name("servomex")
+
+
+def test_sparkline() -> None:
+    assert sparkline([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([5.0, 5.0, 5.0]) == "▁▁▁"
+    assert sparkline([1.0, None, 3.0]) == "▁ █"
+    assert sparkline([]) == ""
+
+
+def test_watch_not_a_tty_prints_read_blocks(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["watch", CONT, "--protocol", "continuous", "--count", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert len(out) == 12
+    for block in (out[:6], out[6:]):
+        assert re.fullmatch(
+            r"frame @ \S+ protocol=continuous fault=False maintenance=False", block[0]
+        )
+        assert block[1] == "  I1  Oxygen           20.378 %    ok=True"
+        assert block[5] == "  E2  (unlabelled)          0 mA   ok=True"
+
+
+def test_watch_modbus_fixture_alarm(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["watch", "sim://?realtime=0&scenario=alarm", "--rate", "20", "--count", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[1] == "  I1  Oxygen           20.378 %    ok=False"  # alarm 1
+    assert "protocol=modbus_rtu" in out[0]
+
+
+def test_watch_render_forced_terminal() -> None:
+    from rich.console import Console
+
+    frames = [decode_frame(raw) for raw in split_frames(LIVE.read_bytes())]
+    state = WatchState(
+        port="/dev/ttyUSB0", protocol=ProtocolKind.CONTINUOUS_ASCII, address=None, history=4
+    )
+    for frame in frames:
+        state.update(frame, dropped=2)
+    console = Console(force_terminal=True, width=110, record=True, color_system=None)
+    console.print(render(state))
+    text = console.export_text()
+    assert "/dev/ttyUSB0  protocol continuous  address -" in text
+    assert "analyser --  cal 1:idle 2:idle 3:idle 4:idle" in text
+    assert "dropped 2" in text
+    assert re.search(r"│ I1 +│ Oxygen +│ +20\.378 │ % +│ - - - - - - - - │ ▁▁▁▁ +│", text)
+    assert re.search(r"│ E2 +│ \(unlabelled\) +│ +0 │ mA +│", text)
+    assert "F M C W 1 2 3 4" in text
+    assert flags_text(frames[0].readings[0]) == "- - - - - - - -"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals")
+def test_watch_in_a_pty_quits_on_q() -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(
+        [str(SERVOMEX), "watch", CONT + "&scenario=drift", "--protocol", "continuous"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and screen.count(b"E2 ") < 3:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                screen += os.read(master, 65536)
+        os.write(master, b"q")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        try:
+            while select.select([master], [], [], 0.1)[0]:
+                screen += os.read(master, 65536)
+        except OSError:
+            pass
+        os.close(master)
+    text = screen.decode("utf-8", "replace")
+    for row in ("I1", "I2", "I3", "E1", "E2"):
+        assert re.search(rf"│ {row} +│", text), text[-2000:]
+    assert "Oxygen" in text
+    assert "protocol continuous" in text
+    assert re.search(r"│ [▁▂▃▄▅▆▇█]{3,} +│", text)  # a sparkline has grown
+
+
+# ---------------------------------------------------------------------------- discover
+
+
+def test_discover_ports_and_fixture(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "discover",
+            "sim://?mode=continuous&period=0.1",
+            "sim://?realtime=0",
+            "/dev/servomex-none",
+            "--fixture",
+            str(LIVE),
+        ]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0] == "sim://?mode=continuous&period=0.1: continuous [broadcaster]"
+    assert out[1:6] == [
+        "    I1  Oxygen (%)",
+        "    I2  CO (%)",
+        "    I3  CO2 (%)",
+        "    E1  None (mA)",
+        "    E2  None (mA)",
+    ]
+    assert out[6] == "sim://?realtime=0: modbus_rtu"
+    assert out[9] == "    I3  CO₂ (%)"
+    assert out[12].startswith("/dev/servomex-none: no device (could not open /dev/servomex-none")
+    assert out[13] == f"{LIVE}: continuous [broadcaster]"
+    assert out[-2:] == ["", "3/4 port(s) recognised"]
+
+
+def test_discover_nothing_found_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["discover", "/dev/servomex-none"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["", "0/1 port(s) recognised"]
+    assert main(["discover"]) == 2
+    assert capsys.readouterr().err.startswith("error: give at least one port")
+    assert main(["discover", "--fixture", str(LIVE), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True
+    assert doc["broadcaster"] is True
+    assert doc["protocol"] == "continuous"
+    assert [c["channel"] for c in doc["device"]["channels"]] == ["I1", "I2", "I3", "E1", "E2"]
