@@ -157,7 +157,7 @@ def run(settings: Settings) -> list[Figure]:
             None,
         )
     )
-    frames = 300 if settings.quick else 2000
+    frames = 120 if settings.quick else 2000
     warmup = 20
     cpu, wall, dropped, sim_cpu, fps = anyio.run(stream_cpu, frames, warmup)
     per10k = cpu / frames * 10_000

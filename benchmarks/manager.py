@@ -90,7 +90,7 @@ class _Lines:
 
 
 async def run_async(settings: Settings) -> list[Figure]:
-    cycles = 5 if settings.quick else 20
+    cycles = 3 if settings.quick else 20
     latency = Simulator().latency_s
     one, _ = model_bound(BAUD, FRAMING, latency)
     all_slots, _ = model_bound(BAUD, FRAMING, latency, tuple(ChannelId))

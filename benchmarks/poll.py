@@ -146,8 +146,8 @@ def _describe_plan(plan: tuple[PlannedRead, ...]) -> str:
 
 
 async def run_async(settings: Settings) -> list[Figure]:
-    polls = 8 if settings.quick else 50
-    fixed_polls = 3 if settings.quick else 10
+    polls = 3 if settings.quick else 50
+    fixed_polls = 1 if settings.quick else 10
     latency = Simulator().latency_s
     figures: list[Figure] = []
     for baud in BAUDS:

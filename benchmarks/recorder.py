@@ -39,7 +39,7 @@ class _CheapSource:
 
 
 async def run_async(settings: Settings) -> list[Figure]:
-    duration = 5.0 if settings.quick else 30.0
+    duration = 2.0 if settings.quick else 30.0
     source = _CheapSource(make_samples(5))
     batches = 0
     async with record(source, rate_hz=RATE_HZ, duration=duration) as rec:

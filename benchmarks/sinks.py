@@ -164,7 +164,7 @@ def _postgres(samples: list[Sample]) -> Figure:
 
 
 def rss_growth(settings: Settings) -> Figure:
-    n = 100_000 if settings.quick else 1_000_000
+    n = 50_000 if settings.quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="servomexlib-bench-") as tmp:
         out = subprocess.run(
             [python_exe(), "-m", "benchmarks._rss_child", str(n), os.path.join(tmp, "r.sqlite")],

@@ -93,6 +93,19 @@ async def test_fixed_rate_batches_and_stream_ends_by_itself() -> None:
         assert t - t0 == pytest.approx(n / 20, abs=0.03)
 
 
+@pytest.mark.timeout(40)
+async def test_ten_hz_for_ten_seconds_gives_one_hundred_batches() -> None:
+    """Issue acceptance, as stated: 10 Hz for 10 s against an in-process source."""
+    source = CountingSource()
+    with anyio.fail_after(30):
+        async with record(source, rate_hz=10, duration=10.0) as rec:
+            batches = await collect(rec.stream)
+    assert numbers(batches) == list(range(100))
+    assert rec.summary.samples_emitted == 100
+    assert rec.summary.samples_late == 0
+    assert rec.summary.max_drift_ms < 100.0  # one period: generous, this is not a benchmark
+
+
 async def test_slow_source_skips_slots_without_drift() -> None:
     source = CountingSource(delay=0.25)
     with anyio.fail_after(10):

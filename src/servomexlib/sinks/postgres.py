@@ -294,7 +294,6 @@ class PostgresSink(BaseSink):
                 min_size=cfg.min_size,
                 max_size=cfg.max_size,
                 command_timeout=cfg.command_timeout_s,
-                reset=_keep_session,
                 server_settings={
                     "application_name": "servomexlib",
                     "statement_timeout": str(cfg.statement_timeout_ms),
@@ -379,17 +378,6 @@ class PostgresSink(BaseSink):
             loop_thread, self._loop_thread = self._loop_thread, None
             if loop_thread is not None:
                 await loop_thread.stop()
-
-
-async def _keep_session(conn: Any) -> None:
-    """The pool's ``reset`` hook: nothing to undo, so no round trip per batch.
-
-    By default asyncpg resets every connection it takes back (``RESET ALL``, ``UNLISTEN *``,
-    ``CLOSE ALL``, advisory unlocks: one server round trip per ``write_many``). The pool is private
-    to this sink, which never changes session state, so that query is skipped; asyncpg still
-    rolls back a transaction left open and drops a broken connection before it is reused.
-    """
-    del conn
 
 
 def _terminate(pool: Any) -> Callable[[], Awaitable[None]]:
