@@ -166,3 +166,50 @@ def test_parquet_single_file_is_unreadable_after_sigkill(tmp_path: Path) -> None
     run_and_kill(f"sinks.ParquetSink({str(path)!r})", "asyncio")
     with pytest.raises(pa.ArrowInvalid):
         pq.read_table(path)
+
+
+def test_parquet_journal_survives_sigkill(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "kill.parquet"
+    reported = run_and_kill(f"sinks.ParquetSink({str(path)!r}, journal=True)", "asyncio")
+    assert not path.exists()  # consolidation happens only on a clean close
+    table = pq.read_table(tmp_path / "kill.parquet.parts")
+    check_prefix(sorted(table.column("monotonic_ns").to_pylist()), reported)
+
+
+@pytest.mark.timeout(60)
+def test_servomex_capture_parquet_survives_sigkill(tmp_path: Path) -> None:
+    """The command line's Parquet capture keeps every flushed batch readable after a kill."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "cap.parquet"
+    code = "import sys; from servomexlib.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = [
+        "capture",
+        "sim://?mode=continuous&period=0.05&realtime=0",
+        "--protocol",
+        "continuous",
+        "--rate",
+        "20",
+        "--duration",
+        "0",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    ) as proc:
+        parts = tmp_path / "cap.parquet.parts"
+        deadline = time.monotonic() + 30
+        # wait until at least two flushes (flush_interval 1 s) have produced complete parts
+        while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 2:
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert len(list(parts.glob("part-*.parquet"))) >= 2
+    table = pq.read_table(parts)
+    assert table.num_rows >= 2 * 5
+    assert set(table.column("channel").to_pylist()) == {"I1", "I2", "I3", "E1", "E2"}

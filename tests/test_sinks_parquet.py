@@ -130,3 +130,24 @@ async def test_missing_pyarrow_names_the_extra(
     assert isinstance(info.value, ServomexSinkError)
     assert isinstance(info.value.__cause__, ImportError)
     assert not (tmp_path / "x.parquet").exists()
+
+
+async def test_journal_mode_consolidates_into_one_file_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "journal.parquet"
+    samples = make_samples(30, error_every=0)
+    async with ParquetSink(path, journal=True) as sink:
+        for start in (0, 10, 20):
+            await sink.write_many(samples[start : start + 10])
+        parts = sorted((tmp_path / "journal.parquet.parts").glob("part-*.parquet"))
+        assert len(parts) == 3  # one complete, readable part per batch while open
+        assert not path.exists()
+    assert not (tmp_path / "journal.parquet.parts").exists()
+    meta = pq.ParquetFile(str(path)).metadata
+    assert meta.num_row_groups == 3
+    table = pq.read_table(path)
+    assert table.num_rows == 30
+    assert table.column("monotonic_ns").to_pylist() == [s.monotonic_ns for s in samples]
+    with pytest.raises(ServomexSinkWriteError, match="overwrite=True"):
+        await ParquetSink(path, journal=True).open()
+    with pytest.raises(ValueError, match="journal"):
+        ParquetSink(path, journal=True, part_batches=2)

@@ -114,7 +114,7 @@ def make_sink(fmt: str, out: str, *, overwrite: bool) -> Sink:
     if fmt == "csv":
         return CsvSink(path, overwrite=overwrite)
     if fmt == "parquet":
-        return ParquetSink(path, overwrite=overwrite)
+        return ParquetSink(path, overwrite=overwrite, journal=True)
     if overwrite:
         extras = ("-wal", "-shm", "-journal") if fmt == "sqlite" else ()
         for name in (path, *(path.with_name(path.name + e) for e in extras)):

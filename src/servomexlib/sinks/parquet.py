@@ -16,6 +16,12 @@ is renamed when complete, so ``pyarrow.parquet.read_table(path)`` always sees on
 files. A kill then loses at most the ``N`` batches of the open part (``part_batches=1`` loses
 none that were flushed, at the cost of one small file per batch).
 
+``journal=True`` gives both: batches go to complete part files in ``<path>.parts/`` while the
+capture runs (a kill leaves that directory, readable with ``pyarrow.parquet.read_table``, holding
+every batch that was flushed), and ``close()`` consolidates them into the single file ``path``
+(one row group per batch, as in the default mode) and removes the directory. ``servomex capture``
+uses this mode for ``.parquet`` outputs.
+
 pyarrow is imported at ``open()``, never at import time; when it is missing the sink raises
 :class:`ServomexSinkDependencyError` naming ``pip install 'servomexlib[parquet]'``.
 """
@@ -102,6 +108,8 @@ class ParquetSink(BaseSink):
             without it an existing ``path`` is refused with ServomexSinkWriteError.
         part_batches: crash-safe mode, see the module documentation: close a complete part
             file every ``part_batches`` batches.
+        journal: crash-safe single file: parts in ``<path>.parts/`` while open, consolidated
+            into ``path`` by ``close()`` (see the module documentation).
 
     Raises:
         ServomexValidationError: unknown compression.
@@ -117,9 +125,14 @@ class ParquetSink(BaseSink):
         row_group_size: int | None = None,
         overwrite: bool = False,
         part_batches: int | None = None,
+        journal: bool = False,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        if journal and part_batches is not None:
+            raise ValueError("journal=True writes one part per batch; do not pass part_batches")
+        self.journal = bool(journal)
+        self.journal_dir = self.path.with_name(self.path.name + ".parts")
         if str(compression).lower() not in _COMPRESSIONS:
             raise ServomexValidationError(
                 f"invalid Parquet compression {compression!r}; expected one of "
@@ -176,11 +189,22 @@ class ParquetSink(BaseSink):
         )
         self._part = 0
         self._part_fill = 0
-        if self.part_batches is None:
+        if self.journal:
+            self._prepare_file()
+            self._prepare_directory(self.journal_dir)
+        elif self.part_batches is None:
             self._prepare_file()
             self._writer = self._new_writer(self.path)
         else:
-            self._prepare_directory()
+            self._prepare_directory(self.path)
+
+    @property
+    def _dataset_dir(self) -> Path:
+        return self.journal_dir if self.journal else self.path
+
+    @property
+    def _batches_per_part(self) -> int | None:
+        return 1 if self.journal else self.part_batches
 
     def _prepare_file(self) -> None:
         path = self.path
@@ -199,8 +223,7 @@ class ParquetSink(BaseSink):
         except OSError as exc:
             raise self._error(f"could not create the directory of {path}", exc) from exc
 
-    def _prepare_directory(self) -> None:
-        path = self.path
+    def _prepare_directory(self, path: Path) -> None:
         try:
             if path.is_file() or path.is_symlink():
                 if not self.overwrite:
@@ -224,7 +247,7 @@ class ParquetSink(BaseSink):
 
     def _part_paths(self) -> tuple[Path, Path]:
         name = f"part-{self._part:05d}.parquet"
-        return self.path / f"_{name}.partial", self.path / name
+        return self._dataset_dir / f"_{name}.partial", self._dataset_dir / name
 
     def _new_writer(self, target: Path) -> Any:
         try:
@@ -252,15 +275,16 @@ class ParquetSink(BaseSink):
             table = pa.Table.from_arrays(arrays, schema=self._schema)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             raise self._error("could not convert the batch to Arrow", exc) from exc
-        if self.part_batches is not None and self._writer is None:
+        per_part = self._batches_per_part
+        if per_part is not None and self._writer is None:
             self._writer = self._new_writer(self._part_paths()[0])
         try:
             self._writer.write_table(table, row_group_size=self.row_group_size or n)
         except (OSError, pa.ArrowException) as exc:
             raise self._error(f"could not write a row group to {self.path}", exc) from exc
-        if self.part_batches is not None:
+        if per_part is not None:
             self._part_fill += 1
-            if self._part_fill >= self.part_batches:
+            if self._part_fill >= per_part:
                 self._finish_part()
 
     def _finish_part(self) -> None:
@@ -278,6 +302,10 @@ class ParquetSink(BaseSink):
         self._part_fill = 0
 
     def _close_sync(self) -> None:
+        if self.journal:
+            self._finish_part()
+            self._consolidate()
+            return
         if self.part_batches is not None:
             self._finish_part()
             return
@@ -287,3 +315,30 @@ class ParquetSink(BaseSink):
                 writer.close()
             except (OSError, self._pa.ArrowException) as exc:
                 raise self._error(f"could not close Parquet file {self.path}", exc) from exc
+
+    def _consolidate(self) -> None:
+        """Journal mode: merge the complete parts, in order, into ``path``; then drop them.
+
+        The file is written under a temporary name and renamed, so ``path`` is either absent or
+        complete; the parts are removed only after that rename.
+        """
+        parts = sorted(p for p in self.journal_dir.glob("part-*.parquet") if p.is_file())
+        partial = self.path.with_name(self.path.name + ".partial")
+        writer = self._new_writer(partial)
+        try:
+            for part in parts:
+                source = self._pq.ParquetFile(str(part))
+                for index in range(source.num_row_groups):
+                    group = source.read_row_group(index)
+                    writer.write_table(group, row_group_size=max(group.num_rows, 1))
+            writer.close()
+            os.replace(partial, self.path)
+            for part in parts:
+                part.unlink()
+            self.journal_dir.rmdir()
+        except (OSError, self._pa.ArrowException) as exc:
+            raise self._error(
+                f"could not consolidate {self.journal_dir} into {self.path} "
+                "(the parts are kept and readable)",
+                exc,
+            ) from exc
