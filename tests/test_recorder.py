@@ -125,6 +125,33 @@ async def test_slow_source_skips_slots_without_drift() -> None:
     assert s.tick_duration_ms_p50 >= 240.0
 
 
+class SlowAtSource(CountingSource):
+    """A CountingSource whose poll number ``slow_call`` takes ``slow_s`` seconds."""
+
+    def __init__(self, slow_call: int, slow_s: float) -> None:
+        super().__init__()
+        self.slow_call = slow_call
+        self.slow_s = slow_s
+
+    async def poll_samples(
+        self, *, names: Sequence[str] | None = None, timeout: float | None = None
+    ) -> list[Sample]:
+        if self.calls == self.slow_call:
+            await anyio.sleep(self.slow_s)
+        return await super().poll_samples(names=names, timeout=timeout)
+
+
+async def test_overrun_near_the_end_never_counts_slots_past_the_duration() -> None:
+    # 5 slots at 10 Hz; the 4th poll overruns by far more than the one slot left.
+    source = SlowAtSource(slow_call=3, slow_s=0.45)
+    with anyio.fail_after(10):
+        async with record(source, rate_hz=10, duration=0.5) as rec:
+            batches = await collect(rec.stream)
+    assert numbers(batches) == [0, 1, 2, 3]
+    assert rec.summary.samples_emitted == 4
+    assert rec.summary.samples_late == 1  # only slot 4 was skipped
+
+
 async def test_overflow_block_delivers_every_batch_in_order() -> None:
     source = CountingSource()
     with anyio.fail_after(10):

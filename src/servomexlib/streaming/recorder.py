@@ -185,6 +185,8 @@ class _Producer:
             now = anyio.current_time()
             if now > target + period:
                 missed = int((now - target) / period)
+                if self.total is not None:
+                    missed = min(missed, self.total - tick)  # never count slots past the end
                 summary.samples_late += missed
                 tick += missed
                 if self.total is not None and tick >= self.total:
