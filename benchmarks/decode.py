@@ -5,10 +5,12 @@
   several passes. A second row decodes frames whose every value changes every frame
   (context: no block repeats).
 * **Streaming**: a simulator in a *child process* broadcasts back to back at 115 200 baud on a
-  pty (frame period = one frame's wire time); this process opens the pty with
-  ``open_continuous`` (default 19200 settings — a pty ignores baud), iterates
-  ``anz.stream()`` and counts frames. CPU is ``time.process_time()`` of this process over the
-  measured frames, so it is the receiving side only (the simulator's CPU is reported apart).
+  pty (frame period = one frame's wire time); this process opens the pty through anyserial at
+  115 200 baud, wraps it in a ``ByteStreamTransport`` that knows the line's character time (as
+  a ``SerialTransport`` does from its settings; ``SerialSettings`` stops at the analyser's
+  19 200), passes it to ``open_continuous``, iterates ``anz.stream()`` and counts frames.
+  CPU is ``time.process_time()`` of this process over the measured frames, so it is the
+  receiving side only (the simulator's CPU is reported apart).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import time
 from datetime import UTC, datetime
 
 import anyio
+import anyserial
 
 import servomexlib
 from servomexlib.sim import Simulator
+from servomexlib.transport import ByteStreamTransport
 from servomexlib.wire.continuous import parse_frame
 
 from .common import Figure, Settings, child_env, python_exe
@@ -88,7 +92,9 @@ async def stream_cpu(frames: int, warmup: int) -> tuple[float, float, int, float
         if not path:
             raise RuntimeError("simulator child process printed no pty path")
         sim_cpu0 = _proc_cpu(proc.pid)
-        anz = await servomexlib.open_continuous(path, frame_period=period)
+        port = await anyserial.open_serial_port(path, anyserial.SerialConfig(baudrate=STREAM_BAUD))
+        line = ByteStreamTransport(port, label=path, char_time_s=10 / STREAM_BAUD)
+        anz = await servomexlib.open_continuous(line, frame_period=period)
         async with anz, anz.stream() as samples:
             count = 0
             per_frame = 5

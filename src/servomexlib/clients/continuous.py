@@ -11,6 +11,16 @@ a single receiver task, started in the Analyzer's task group, owns the transport
 * Chunks go through the pure, bounded :class:`~servomexlib.wire.continuous.FrameSplitter`
   (CR LF, LF or CR), each segment through :func:`~servomexlib.wire.continuous.parse_frame`,
   stamped with the UTC wall clock and ``time.monotonic_ns()`` of the chunk that completed it.
+* Frame-sized reads. A serial line delivers a frame in many small chunks (a pty or a USB
+  adapter hands over a few bytes per millisecond), and every chunk read costs an event-loop
+  wake-up, which dominates the receiver's CPU. When the transport knows its character time
+  (``char_time_s``: serial ports, the paced simulator), the receiver does not read again while
+  a frame is still arriving: it sleeps for the wire time of the bytes the frame still needs (its
+  declared length, or the last frame's length before the header is in), then reads the rest in
+  one piece. Links with unknown rate (TCP) read chunk by chunk as before.
+* Timestamps stay "when the frame's last byte was received" (api.md §2): a frame completed by a
+  chunk that also carries later bytes is stamped earlier by those bytes' wire time, never
+  earlier than the previous read.
 * A good frame becomes the latest-frame cache, wakes everyone waiting for the next frame and is
   fanned out, one :class:`~servomexlib.devices.models.Sample` per reading, to every subscriber's
   unbounded queue. A bad segment (parse or checksum failure) or a splitter overflow increments
@@ -24,7 +34,7 @@ import dataclasses
 import logging
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import anyio.abc
@@ -55,7 +65,7 @@ from ..errors import (
 )
 from ..settings import SerialSettings
 from ..transport.base import Transport
-from ..wire.continuous import MAX_SEGMENT, FrameSplitter, parse_frame
+from ..wire.continuous import MAX_SEGMENT, FrameSplitter, frame_length, parse_frame
 
 __all__ = [
     "CHUNK_TIMEOUT_S",
@@ -70,6 +80,11 @@ _log = logging.getLogger("servomexlib.continuous")
 
 #: The receiver's chunk timeout; on timeout it reads again (protocol.md §9.2).
 CHUNK_TIMEOUT_S = 30.0
+#: Bytes asked for per read: several frames, without a 64 KiB buffer per call.
+RECEIVE_BYTES = 8192
+#: Longest wait for the rest of a frame, in characters: a 7-block frame plus CR LF.
+MAX_COALESCE_CHARS = frame_length(7) + 2
+_SHORTEST = frame_length(1)
 #: Broadcast period assumed when the caller gives none (the measured unit's ~2 s).
 DEFAULT_FRAME_PERIOD_S = 2.0
 MODEL = "4000-series"
@@ -134,6 +149,9 @@ class ContinuousClient:
         self._bytes = 0
         self._overflows_seen = 0
         self._subscribers: list[_Subscriber] = []
+        self._char_time = _line_char_time(transport)
+        self._last_read_ns = 0
+        self._last_frame_len: int | None = None
         self._next_frame: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._started = False
@@ -234,13 +252,35 @@ class ContinuousClient:
             chunk = b""
             with anyio.move_on_after(CHUNK_TIMEOUT_S):
                 try:
-                    chunk = await self.transport.receive()
+                    chunk = await self.transport.receive(RECEIVE_BYTES)
                 except ServomexConnectionError as exc:
                     _log.debug("continuous stream on %s ended: %s", self.label, exc)
                     self._process(b"", final=True)
                     return exc
             if chunk:
                 self._process(chunk, final=False)
+                rest = self._rest_of_frame_s()
+                if rest > 0.0:
+                    await anyio.sleep(rest)
+
+    def _rest_of_frame_s(self) -> float:
+        """Wire time of the bytes the partly received frame still needs (0.0: read at once)."""
+        char_time = self._char_time
+        if char_time is None:
+            return 0.0
+        splitter = self._splitter
+        missing = splitter.pending_frame_bytes()
+        if missing is None:
+            held = splitter.buffered
+            if not held:
+                return 0.0
+            # The header is not in yet: expect a frame as long as the last one (before the
+            # first frame, as long as the shortest possible one, so the wait never overshoots).
+            expected = self._last_frame_len if self._last_frame_len is not None else _SHORTEST
+            missing = expected + 1 - held
+        if missing < 2:
+            return 0.0  # one byte away: waiting for readability costs the same
+        return min(missing, MAX_COALESCE_CHARS) * char_time
 
     def _finish(self, reason: ServomexError | None) -> None:
         """Mark the receiver stopped: wake waiters, end every subscriber's iteration."""
@@ -265,6 +305,7 @@ class ContinuousClient:
             segments += self._splitter.flush()
         received_at = datetime.now(UTC)
         monotonic_ns = time.monotonic_ns()
+        previous_read_ns, self._last_read_ns = self._last_read_ns, monotonic_ns
         overflows = self._splitter.stats().overflows
         while self._overflows_seen < overflows:
             self._overflows_seen += 1
@@ -276,13 +317,49 @@ class ContinuousClient:
                 received_at,
                 monotonic_ns,
             )
-        for segment in segments:
+        if not segments:
+            return
+        stamps = self._stamps(segments, len(chunk), received_at, monotonic_ns, previous_read_ns)
+        for segment, (seg_at, seg_ns) in zip(segments, stamps, strict=True):
             try:
-                frame = parse_frame(segment, received_at=received_at, monotonic_ns=monotonic_ns)
+                frame = parse_frame(segment, received_at=seg_at, monotonic_ns=seg_ns)
             except ServomexProtocolError as exc:
-                self._reject(exc.with_context(port=self.label), received_at, monotonic_ns)
+                self._reject(exc.with_context(port=self.label), seg_at, seg_ns)
             else:
+                self._last_frame_len = len(segment)
                 self._publish(frame)
+
+    def _stamps(
+        self,
+        segments: list[bytes],
+        chunk_len: int,
+        received_at: datetime,
+        monotonic_ns: int,
+        previous_read_ns: int,
+    ) -> list[tuple[datetime, int]]:
+        """When each segment's last byte arrived, by the wire time of the bytes after it.
+
+        Only the bytes of this chunk count (older ones arrived before the previous read), and no
+        stamp goes earlier than the previous read. Without a known character time, every segment
+        gets the chunk's time.
+        """
+        char_time = self._char_time
+        if char_time is None:
+            return [(received_at, monotonic_ns)] * len(segments)
+        stamps: list[tuple[datetime, int]] = []
+        after = self._splitter.buffered  # bytes after the last terminator
+        floor_back_ns = max(monotonic_ns - previous_read_ns, 0)
+        for segment in reversed(segments):
+            back_ns = min(int(min(after, chunk_len) * char_time * 1e9), floor_back_ns)
+            if back_ns <= 0:
+                stamps.append((received_at, monotonic_ns))
+            else:
+                stamps.append(
+                    (received_at - timedelta(microseconds=back_ns / 1000), monotonic_ns - back_ns)
+                )
+            after += len(segment) + 1  # the segment and (at least) one terminator byte
+        stamps.reverse()
+        return stamps
 
     def _reject(self, error: ServomexError, received_at: datetime, monotonic_ns: int) -> None:
         self._dropped += 1
@@ -428,3 +505,11 @@ class ContinuousClient:
             address=0,
             serial_settings=settings if settings is not None else SerialSettings(port=self.label),
         )
+
+
+def _line_char_time(transport: Transport) -> float | None:
+    """The transport's seconds per character, if it knows them (user transports may not)."""
+    value = getattr(transport, "char_time_s", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value) if value > 0 else None
+    return None

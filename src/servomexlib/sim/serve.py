@@ -338,6 +338,8 @@ class SimLine:
         self.char_time: float = primary.char_time
         self.realtime: bool = primary.realtime
         self.silence_drop: bool = primary.silence_drop
+        #: Seconds per character as the host sees it: the pacing when realtime, else None.
+        self.paced_char_time: float | None = self.char_time if self.realtime else None
         self._clock: Callable[[], float] = time.monotonic
         self._rng = random.Random(f"{primary.seed}:line")
         # t3.5 at the line's rate, but never under 15 ms: pty and socket reads can split one
@@ -1029,7 +1031,10 @@ class Simulator:
         from ..transport.sim import SimTransport
 
         return SimTransport(
-            self.line.open_stream(), label=self.label, serial_settings=self.serial_settings
+            self.line.open_stream(),
+            label=self.label,
+            serial_settings=self.serial_settings,
+            char_time_s=self.line.paced_char_time,
         )
 
     async def __aenter__(self) -> Self:

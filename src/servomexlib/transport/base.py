@@ -19,6 +19,7 @@ close, a closed resource or a broken link.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Protocol, Self, runtime_checkable
 
@@ -110,6 +111,10 @@ class ByteStreamTransport(anyio.abc.ByteStream):
         stream: the byte stream to wrap.
         label: name used in errors and as the default device label (port path or URL).
         serial_settings: the line settings in use, when known (DeviceInfo echoes them).
+        char_time_s: seconds one character occupies on the line feeding this stream, when known
+            (a serial port: from its settings; the in-process simulator: its pacing). None (the
+            default) for links whose line rate is unknown, such as a TCP device server. The
+            continuous receiver uses it to read each frame in one piece (api.md §15).
     """
 
     def __init__(
@@ -118,10 +123,14 @@ class ByteStreamTransport(anyio.abc.ByteStream):
         *,
         label: str,
         serial_settings: SerialSettings | None = None,
+        char_time_s: float | None = None,
     ) -> None:
+        if char_time_s is not None and not (math.isfinite(char_time_s) and char_time_s > 0):
+            raise ValueError(f"char_time_s must be a positive number or None, got {char_time_s!r}")
         self._stream = stream
         self._label = label
         self._settings = serial_settings
+        self._char_time = char_time_s
         self._pending = bytearray()
         self._closed = False
 
@@ -138,6 +147,11 @@ class ByteStreamTransport(anyio.abc.ByteStream):
     @property
     def serial_settings(self) -> SerialSettings | None:
         return self._settings
+
+    @property
+    def char_time_s(self) -> float | None:
+        """Seconds per character on the line, or None when the line rate is unknown."""
+        return self._char_time
 
     @property
     def pending(self) -> int:

@@ -95,6 +95,7 @@ class FakeTransport(ByteStreamTransport):
     Args:
         script: initial request → reply mapping.
         label: the port label used in errors and samples.
+        char_time_s: the line rate the fake pretends to have (seconds per character), or None.
     """
 
     def __init__(
@@ -102,9 +103,10 @@ class FakeTransport(ByteStreamTransport):
         script: Mapping[bytes, ScriptReply] | None = None,
         *,
         label: str = "fake://test",
+        char_time_s: float | None = None,
     ) -> None:
         self._fake = _FakeStream(script)
-        super().__init__(self._fake, label=label, serial_settings=None)
+        super().__init__(self._fake, label=label, serial_settings=None, char_time_s=char_time_s)
 
     @property
     def writes(self) -> list[bytes]:

@@ -119,7 +119,12 @@ async def resolve_transport(
         from ..sim import connect_url
 
         conn = connect_url(spec.text)
-        return SimTransport(conn.stream, label=spec.text, serial_settings=conn.serial_settings)
+        return SimTransport(
+            conn.stream,
+            label=spec.text,
+            serial_settings=conn.serial_settings,
+            char_time_s=conn.line.paced_char_time,
+        )
     # replace() re-validates (baud 2400-19200) before any I/O.
     settings = (
         dataclasses.replace(serial_settings, port=spec.text)

@@ -113,7 +113,9 @@ class SerialTransport(ByteStreamTransport):
     """
 
     def __init__(self, port: anyserial.SerialPort, settings: SerialSettings) -> None:
-        super().__init__(port, label=settings.port, serial_settings=settings)
+        super().__init__(
+            port, label=settings.port, serial_settings=settings, char_time_s=settings.char_time_s
+        )
 
     @classmethod
     async def open(cls, settings: SerialSettings) -> Self:
@@ -136,6 +138,7 @@ class SerialTransport(ByteStreamTransport):
         port = await _open_port(new)
         self._stream = port
         self._settings = new
+        self._char_time = new.char_time_s
         self._label = new.port
         self._pending.clear()
         self._closed = False

@@ -622,6 +622,20 @@ class FrameSplitter:
             start = cut + 1
         return out
 
+    def pending_frame_bytes(self) -> int | None:
+        """Bytes still to come before the partial frame held now can end, or None if unknown.
+
+        Known once the held bytes start with a frame header carrying its N field: the declared
+        length minus what is held, plus one terminator byte. None when nothing is held, while an
+        over-long line is being discarded, or when the held bytes do not start like a frame.
+        """
+        if not self._buf or self._discarding:
+            return None
+        declared = _declared_length(self._buf, 0)
+        if declared < 0:
+            return None
+        return max(declared - len(self._buf), 0) + 1
+
     def flush(self) -> list[bytes]:
         """Hand out whatever is pending as a final segment (end of stream)."""
         out: list[bytes] = []
@@ -676,7 +690,7 @@ def _next_terminator(data: bytes, start: int) -> int:
     return min(cr, lf)
 
 
-def _declared_length(segment: bytes, begin: int) -> int:
+def _declared_length(segment: bytes | bytearray, begin: int) -> int:
     """Length the frame starting at ``begin`` declares through its N field, or -1."""
     if len(segment) - begin < HEADER_LENGTH or segment[begin] != _SPACE:
         return -1
