@@ -145,7 +145,7 @@ async def test_without_a_line_rate_every_chunk_is_read() -> None:
     with anyio.fail_after(20):
         frames = await stream_frames(transport, calls, 3)
     assert [f.channel("I1").value for f in frames] == [SIM_O2] * 3
-    assert calls[0] > 10 * len(frames)
+    assert calls[0] > 5 * len(frames)  # ~100 in practice (a couple of bytes per read)
 
 
 async def test_the_wait_for_the_rest_is_bounded_by_the_longest_frame() -> None:
