@@ -99,6 +99,13 @@ def record_rows(records: list[Any]) -> list[dict[str, Any]]:
     return [dict(r) for r in records]
 
 
+async def execute(dsn: str, sql: str) -> None:
+    async def work(conn: Any) -> None:
+        await conn.execute(sql)
+
+    await db(dsn, work)
+
+
 async def fetch_all(dsn: str, table: str) -> list[dict[str, Any]]:
     async def work(conn: Any) -> list[dict[str, Any]]:
         cols = ", ".join(COLUMNS)
@@ -224,13 +231,11 @@ async def test_postgres_missing_table_is_a_schema_error(dsn: str, table: str) ->
 async def test_postgres_existing_table_with_other_columns(
     dsn: str, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def create(conn: Any) -> None:
-        await conn.execute(
-            f'CREATE TABLE "{table}" (id bigserial PRIMARY KEY, device text, value double '
-            "precision, ok boolean, received_at text, site text)"
-        )
-
-    await db(dsn, create)
+    await execute(
+        dsn,
+        f'CREATE TABLE "{table}" (id bigserial PRIMARY KEY, device text, value double '
+        "precision, ok boolean, received_at text, site text)",
+    )
     samples = make_samples(4)
     with caplog.at_level(logging.WARNING, logger="servomexlib.sinks"):
         async with PostgresSink(PostgresConfig(dsn=dsn, table=table)) as sink:
@@ -254,6 +259,46 @@ async def test_postgres_existing_table_with_other_columns(
         }
         for i, e in enumerate(expected_row(s) for s in samples)
     ]
+
+
+async def test_postgres_table_of_other_types_is_written_through_asyncpg_codecs(
+    dsn: str, table: str
+) -> None:
+    # The sink's own binary COPY encoding is for the declared types only: a table declaring
+    # varchar/numeric columns must still be written (asyncpg encodes for the table's types).
+    await execute(
+        dsn,
+        f'CREATE TABLE "{table}" (device varchar(64), value double precision, ok boolean, '
+        "monotonic_ns numeric(20, 0))",
+    )
+    samples = make_samples(30)
+    with anyio.fail_after(30):
+        async with PostgresSink(PostgresConfig(dsn=dsn, table=table)) as sink:
+            assert sink._encode_copy is False
+            await sink.write_many(samples)
+
+    async def read(conn: Any) -> list[dict[str, Any]]:
+        return record_rows(await conn.fetch(f'SELECT * FROM "{table}" ORDER BY monotonic_ns'))
+
+    rows = await db(dsn, read)
+    expected = [expected_row(s) for s in samples]
+    assert [r["device"] for r in rows] == [e["device"] for e in expected]
+    assert [r["ok"] for r in rows] == [e["ok"] for e in expected]
+    assert [r["value"] for r in rows] == [e["value"] for e in expected]
+    assert [r["monotonic_ns"] for r in rows] == [e["monotonic_ns"] for e in expected]
+
+
+async def test_postgres_declared_table_uses_the_sinks_own_copy_encoding(
+    dsn: str, table: str
+) -> None:
+    samples = make_samples(250)
+    config = PostgresConfig(dsn=dsn, table=table, create_table=True)
+    with anyio.fail_after(30):
+        async with PostgresSink(config) as sink:
+            assert sink._encode_copy is True
+            await sink.write_many(samples[:1])  # one row: every column "repeated"
+            await sink.write_many(samples[1:])
+    assert await fetch_all(dsn, table) == [expected_row(s) for s in samples]
 
 
 async def test_postgres_write_failure_is_a_write_error(dsn: str, table: str) -> None:

@@ -24,8 +24,9 @@ from servomexlib.devices.models import (
 from servomexlib.errors import ErrorContext, ServomexChecksumError
 from servomexlib.sinks import COLUMNS as LIB_COLUMNS
 from servomexlib.sinks import SCHEMA, ColumnType, sample_to_row, sample_to_values
-from servomexlib.sinks.csv import csv_line
-from servomexlib.sinks.jsonl import json_line
+from servomexlib.sinks.csv import csv_text
+from servomexlib.sinks.jsonl import json_text
+from servomexlib.sinks.schema import batch_columns
 from servomexlib.units import Unit
 from sink_samples import COLUMNS, expected_row, make_samples
 
@@ -168,26 +169,61 @@ def _rows(draw: st.DrawFn) -> tuple[Any, ...]:
     )
 
 
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+# Batches: independent rows, or copies of one row (every column then holds one repeated value,
+# the encoders' constant-column path), or a mix.
+_batches = st.one_of(
+    st.lists(_rows(), min_size=1, max_size=6),
+    st.builds(lambda row, n: [row] * n, _rows(), st.integers(1, 4)),
+    st.builds(lambda row, rows: [row, *rows, row], _rows(), st.lists(_rows(), max_size=3)),
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(_rows())
-def test_csv_line_equals_the_csv_module(row: tuple[Any, ...]) -> None:
+@given(_batches)
+def test_csv_text_equals_the_csv_module(rows: list[tuple[Any, ...]]) -> None:
     buffer = io.StringIO()
-    digits = [int(v) if isinstance(v, bool) else v for v in row]
-    csv.writer(buffer).writerow(digits)
-    assert csv_line(row) == buffer.getvalue()
+    writer = csv.writer(buffer)
+    for row in rows:
+        writer.writerow([int(v) if isinstance(v, bool) else v for v in row])
+    assert csv_text(_columns(rows)) == buffer.getvalue()
 
 
 @settings(max_examples=300, deadline=None)
-@given(_rows())
-def test_json_line_equals_json_dumps(row: tuple[Any, ...]) -> None:
-    as_dict = dict(zip(COLUMNS, row, strict=True))
-    assert json_line(row) == json.dumps(as_dict, ensure_ascii=False)
+@given(_batches)
+def test_json_text_equals_json_dumps(rows: list[tuple[Any, ...]]) -> None:
+    expected = "".join(
+        json.dumps(dict(zip(COLUMNS, row, strict=True)), ensure_ascii=False) + "\n" for row in rows
+    )
+    assert json_text(_columns(rows)) == expected
 
 
-def test_json_line_of_non_finite_numbers() -> None:
+def test_numbers_that_compare_equal_keep_their_own_text() -> None:
+    # 0.0 == -0.0: a column of both is not a "repeated" column, each row keeps its sign.
+    rows = [list(sample_to_values(_reading_sample())) for _ in range(2)]
+    rows[1][4] = -0.0
+    rows[0][4] = 0.0
+    columns = _columns([tuple(r) for r in rows])
+    assert csv_text(columns).splitlines()[1].split(",")[4] == "-0.0"
+    assert '"value": -0.0' in json_text(columns).splitlines()[1]
+
+
+def test_batch_columns_equal_the_rows_of_sample_to_values() -> None:
+    samples = make_samples(40)
+    columns = batch_columns(samples)
+    assert len(columns) == 21
+    assert [tuple(row) for row in zip(*columns, strict=True)] == [
+        sample_to_values(s) for s in samples
+    ]
+
+
+def test_json_text_of_non_finite_numbers() -> None:
     row = list(sample_to_values(_reading_sample()))
     row[4] = math.inf
     row[19] = math.nan
-    line = json_line(tuple(row))
+    line = json_text(_columns([tuple(row)]))
     assert '"value": Infinity' in line
     assert '"latency_s": NaN' in line

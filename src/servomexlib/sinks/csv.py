@@ -9,13 +9,13 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 from ..devices.models import Sample
 from ..errors import ServomexSinkSchemaError, ServomexSinkWriteError
 from .base import file_context, logger, rotated_paths
 from .files import LineFileSink, ends_with_newline, open_append
-from .schema import COLUMNS, RowValues, sample_to_values
+from .schema import COLUMNS, batch_columns, cells_by_value, join_rows, repeated
 
 __all__ = ["CsvSink"]
 
@@ -33,63 +33,66 @@ def _text(value: str | None) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-_LABELS: dict[str, str] = {}  # device and channel names repeat: cache their CSV form
-_LABELS_MAX: Final = 4096
+def _plain(column: list[Any]) -> list[str]:
+    """Enum values and ISO-8601 timestamps: never quoted (no comma, quote or line break)."""
+    if None not in column:
+        return column
+    return list(map(_NONE_AS_EMPTY.get, column, column))
 
 
-def _label(value: str | None) -> str:
-    """:func:`_text` memoised for the few distinct device and channel names of a capture."""
-    if value is None:
-        return ""
-    text = _LABELS.get(value)
-    if text is None:
-        text = _text(value)
-        if len(_LABELS) < _LABELS_MAX:  # bounded: arbitrary names cannot grow it forever
-            _LABELS[value] = text
-    return text
+def _number(column: list[Any]) -> list[str]:
+    """Floats and ints with ``repr``, None as an empty field (what ``csv.writer`` writes)."""
+    texts = list(map(repr, column))
+    if None in column:  # no number's repr is "None"
+        texts = list(map(_NONE_AS_EMPTY.get, texts, texts))
+    return texts
 
 
-def csv_line(values: RowValues) -> str:
-    """One CSV line for a row, byte-identical to ``csv.writer().writerow`` after mapping
-    booleans to 1/0.
+def _digits(column: list[Any]) -> list[str]:
+    return list(map(_DIGIT.__getitem__, column))
 
-    Written out by hand because it runs once per stored sample and ``csv.writer`` costs several
-    times more: only ``device``, ``name`` and ``error`` are free text that may need quotes; the
-    other text columns hold enum values and ISO-8601 timestamps, which never do (the
-    equivalence is tested against ``csv.writer`` for arbitrary text).
+
+def _free_text(column: list[Any]) -> list[str]:
+    return cells_by_value(column, _text)
+
+
+_NONE_AS_EMPTY: Final[dict[Any, str]] = {None: "", "None": ""}
+#: How each column of COLUMNS is written: only ``device``, ``name`` and ``error`` are free text
+#: that may need quotes; the other text columns hold enum values and timestamps.
+_CELLS: Final[tuple[Callable[[list[Any]], list[str]], ...]] = (
+    _free_text,  # device
+    _plain,  # channel
+    _plain,  # kind
+    _free_text,  # name
+    _number,  # value
+    _plain,  # unit
+    *(_digits,) * 9,  # ok … alarm4
+    _plain,  # protocol
+    _number,  # monotonic_ns
+    _plain,  # received_at
+    _plain,  # requested_at
+    _number,  # latency_s
+    _free_text,  # error
+)
+assert len(_CELLS) == len(COLUMNS)
+
+
+def csv_text(columns: list[list[Any]]) -> str:
+    """The CSV lines of a batch given as columns (see :func:`~.schema.batch_columns`).
+
+    Byte-identical to ``csv.writer().writerow`` of each row after mapping booleans to 1/0 (the
+    equivalence is tested against ``csv.writer`` for arbitrary text). Written by hand because
+    it runs for every stored sample and ``csv.writer`` costs several times more: it works a
+    column at a time (a column holding one value in every row is formatted once) and builds
+    the lines with C loops (:func:`~.schema.join_rows`).
     """
-    (
-        device,
-        channel,
-        kind,
-        name,
-        value,
-        unit,
-        ok,
-        fault,
-        maintenance,
-        calibrating,
-        warming_up,
-        alarm1,
-        alarm2,
-        alarm3,
-        alarm4,
-        protocol,
-        monotonic_ns,
-        received_at,
-        requested_at,
-        latency_s,
-        error,
-    ) = values
-    d = _DIGIT
-    return (
-        f"{_label(device)},{channel or ''},{kind or ''},{_label(name)},"
-        f"{'' if value is None else repr(value)},{unit or ''},"
-        f"{d[ok]},{d[fault]},{d[maintenance]},{d[calibrating]},{d[warming_up]},"
-        f"{d[alarm1]},{d[alarm2]},{d[alarm3]},{d[alarm4]},"
-        f"{protocol},{monotonic_ns},{received_at},{requested_at or ''},"
-        f"{'' if latency_s is None else repr(latency_s)},{_text(error)}\r\n"
-    )
+    pieces: list[str | list[str]] = []
+    for column, cells in zip(columns, _CELLS, strict=True):
+        if pieces:
+            pieces.append(",")
+        pieces.append(cells(column[:1])[0] if repeated(column) else cells(column))
+    pieces.append(_LINE_END)
+    return join_rows(pieces, len(columns[0]), "")
 
 
 def _header_bytes() -> bytes:
@@ -205,7 +208,7 @@ class CsvSink(LineFileSink):
             )
 
     def _encode(self, samples: Sequence[Sample]) -> bytes:
-        return "".join([csv_line(sample_to_values(s)) for s in samples]).encode("utf-8")
+        return csv_text(batch_columns(samples)).encode("utf-8")
 
     def _open_sync(self) -> None:
         if self._overwrite:

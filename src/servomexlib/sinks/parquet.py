@@ -32,7 +32,6 @@ import importlib
 import os
 import re
 from collections.abc import Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,7 +45,7 @@ from ..errors import (
     ServomexValidationError,
 )
 from .base import BaseSink, logger
-from .schema import SCHEMA, ColumnType, sample_to_values
+from .schema import SCHEMA, ColumnType, batch_columns, repeated
 
 __all__ = ["ParquetSink"]
 
@@ -67,22 +66,19 @@ def import_pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
-def _column_array(pa: Any, values: list[Any], kind: Any, n: int) -> Any:
-    """The Arrow array of one column of a batch (``n`` values of Arrow type ``kind``).
+def _column_array(pa: Any, values: list[Any], kind: Any) -> Any:
+    """The Arrow array of one column of a batch (values of Arrow type ``kind``).
 
-    A column holding one value in every row — the device, the protocol, flags that did not
-    change, None in ``requested_at``/``latency_s``/``error`` — is built by Arrow itself
-    (``nulls``/``repeat``) instead of converting ``n`` Python objects; the values are the same.
-    ``list.count`` compares with ``is`` first, then ``==``, which for None, text and bools
-    means the same stored value.
+    A column holding one value in every row (:func:`~.schema.repeated`) — the device, the
+    protocol, flags that did not change, None in ``requested_at``/``latency_s``/``error`` — is
+    built by Arrow itself (``nulls``/``repeat``) instead of converting every Python object;
+    the values are the same.
     """
-    first = values[0]
-    if (first is None or first is True or first is False or type(first) is str) and values.count(
-        first
-    ) == n:
+    if repeated(values):
+        first = values[0]
         if first is None:
-            return pa.nulls(n, kind)
-        return pa.repeat(pa.scalar(first, type=kind), n)
+            return pa.nulls(len(values), kind)
+        return pa.repeat(pa.scalar(first, type=kind), len(values))
     return pa.array(values, type=kind)
 
 
@@ -263,14 +259,11 @@ class ParquetSink(BaseSink):
     def _write_sync(self, samples: Sequence[Sample]) -> None:
         pa = self._pa
         n = len(samples)
-        width = len(self._types)
-        # Rows are flattened into one list and the columns taken as strided slices (C loops).
-        # ``zip(*rows)`` would do the same but keeps one live iterator per row, enough to set
-        # off a cyclic-GC pass on every batch.
-        flat = list(chain.from_iterable([sample_to_values(s) for s in samples]))
+        columns = batch_columns(samples)
         try:
             arrays = [
-                _column_array(pa, flat[i::width], kind, n) for i, kind in enumerate(self._types)
+                _column_array(pa, column, kind)
+                for column, kind in zip(columns, self._types, strict=True)
             ]
             table = pa.Table.from_arrays(arrays, schema=self._schema)
         except (pa.ArrowException, TypeError, ValueError) as exc:

@@ -11,9 +11,11 @@ at ``open()`` and runs every database coroutine there, the calling task waiting 
 ``anyio.to_thread.run_sync`` (never abandoned, so a started batch finishes before a cancellation
 is delivered); ``close()`` closes the pool and stops that loop. Both paths share the code below.
 
-Each ``write_many`` is one statement on one pooled connection: binary ``COPY … FROM STDIN``
-(``copy_records_to_table``) by default, otherwise a transaction with ``executemany`` of an
-``INSERT … VALUES ($1, …)``. Either way a batch is stored whole or not at all.
+Each ``write_many`` is one statement on one pooled connection: binary ``COPY … FROM STDIN`` by
+default, otherwise a transaction with ``executemany`` of an ``INSERT … VALUES ($1, …)``. Either
+way a batch is stored whole or not at all. The COPY data is encoded by the sink itself, a column
+at a time (:mod:`.pgcopy`), when the table's columns have the declared types; otherwise asyncpg
+encodes the rows for the table's own types (``copy_records_to_table``).
 
 Secrets: the password (given as ``password=`` or inside the DSN) never appears in ``repr``,
 ``target()``, log lines or the messages of the errors this sink raises; an underlying error
@@ -26,6 +28,7 @@ import asyncio
 import dataclasses
 import importlib
 import re
+import struct
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,7 +45,8 @@ from ..errors import (
     ServomexValidationError,
 )
 from .base import BaseSink, logger, quote_identifier, validate_identifier
-from .schema import SCHEMA, RowValues, sample_to_values
+from .pgcopy import PG_TYPE_NAMES, copy_payload
+from .schema import COLUMNS, SCHEMA, ColumnType, RowValues, batch_columns
 from .sqlite import _select_columns
 
 __all__ = ["PostgresConfig", "PostgresSink"]
@@ -227,7 +231,9 @@ class PostgresSink(BaseSink):
         self._loop_thread: _LoopThread | None = None
         self._pool: Any = None
         self._columns: tuple[str, ...] = ()
-        self._pick: Callable[[RowValues], RowValues] | None = None
+        self._indexes: tuple[int, ...] = ()
+        self._types: tuple[ColumnType, ...] = ()
+        self._encode_copy = False
         self._insert_sql = ""
 
     @property
@@ -319,7 +325,7 @@ class PostgresSink(BaseSink):
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(cfg.schema)}")
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {qualified} ({columns})")
         rows = await conn.fetch(
-            "SELECT column_name FROM information_schema.columns "
+            "SELECT column_name, udt_name FROM information_schema.columns "
             "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
             cfg.schema,
             cfg.table,
@@ -331,26 +337,52 @@ class PostgresSink(BaseSink):
                 context=ErrorContext(extra={"target": cfg.target()}),
             )
         present = {row[0] for row in rows}
-        self._columns, self._pick = _select_columns(
-            present, f"PostgreSQL table {cfg.schema}.{cfg.table}"
+        self._columns = _select_columns(present, f"PostgreSQL table {cfg.schema}.{cfg.table}")
+        self._indexes = tuple(COLUMNS.index(name) for name in self._columns)
+        self._types = tuple(SCHEMA[i].type for i in self._indexes)
+        # Our own binary COPY encoding is only valid for the declared column types; a table
+        # declared otherwise (real, numeric, timestamptz, …) is left to asyncpg's codecs.
+        actual = {row[0]: row[1] for row in rows}
+        self._encode_copy = all(
+            actual[name] == PG_TYPE_NAMES[kind]
+            for name, kind in zip(self._columns, self._types, strict=True)
         )
         names = ", ".join(quote_identifier(c) for c in self._columns)
         marks = ", ".join(f"${i}" for i in range(1, len(self._columns) + 1))
         self._insert_sql = f"INSERT INTO {qualified} ({names}) VALUES ({marks})"
 
     async def _write(self, samples: Sequence[Sample]) -> None:
-        pick = self._pick
-        if pick is None:
-            rows = [sample_to_values(s) for s in samples]
+        batch = batch_columns(samples)
+        columns = [batch[i] for i in self._indexes]
+        data: bytes | None = None
+        rows: list[RowValues] = []
+        if self.config.use_copy and self._encode_copy:
+            try:
+                data = copy_payload(columns, self._types)
+            except (struct.error, UnicodeEncodeError, AttributeError, TypeError) as exc:
+                self._fail(
+                    ServomexSinkWriteError,
+                    f"could not encode {len(samples)} samples for PostgreSQL",
+                    exc,
+                )
         else:
-            rows = [pick(sample_to_values(s)) for s in samples]
-        await self._run(lambda: self._write_rows(rows))
+            rows = list(zip(*columns, strict=True))
+        await self._run(lambda: self._write_rows(data, rows, len(samples)))
 
-    async def _write_rows(self, rows: list[RowValues]) -> None:
+    async def _write_rows(self, data: bytes | None, rows: list[RowValues], n: int) -> None:
         cfg = self.config
         try:
             async with self._pool.acquire() as conn:
-                if cfg.use_copy:
+                if data is not None:
+                    # A memoryview: asyncpg would take bytes for a file name.
+                    await conn.copy_to_table(
+                        cfg.table,
+                        source=memoryview(data),
+                        columns=self._columns,
+                        schema_name=cfg.schema,
+                        format="binary",
+                    )
+                elif cfg.use_copy:
                     await conn.copy_records_to_table(
                         cfg.table, records=rows, columns=self._columns, schema_name=cfg.schema
                     )
@@ -358,9 +390,7 @@ class PostgresSink(BaseSink):
                     async with conn.transaction():
                         await conn.executemany(self._insert_sql, rows)
         except self._db_errors() as exc:
-            self._fail(
-                ServomexSinkWriteError, f"could not write {len(rows)} samples to PostgreSQL", exc
-            )
+            self._fail(ServomexSinkWriteError, f"could not write {n} samples to PostgreSQL", exc)
 
     async def _close(self) -> None:
         await self._teardown()

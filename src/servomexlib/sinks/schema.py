@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 Every sink stores the same 21 columns, in the same order, with types fixed by :data:`SCHEMA`
 rather than inferred from the data: an all-None first batch can never turn ``value`` into a text
-column. :func:`sample_to_row` is the public, readable form (a dict); the sinks use
-:func:`sample_to_values`, which returns the same values as a tuple in column order and is the
-hot path of every write (it runs once per stored sample, so it avoids per-call allocations
-beyond the tuple itself and caches the ISO-8601 text of the timestamp shared by a frame).
+column. :func:`sample_to_row` is the public, readable form (a dict) and :func:`sample_to_values`
+the same values as a tuple in column order; the sinks convert a whole batch at once with
+:func:`batch_columns` (the hot path of every write, see :func:`flatten`), which gives the same
+values column by column.
 
 Conversion rules: enums become their ``.value``; booleans stay ``bool``; timestamps become
 ``datetime.isoformat()`` text; an error sample has None in every channel column (``channel`` …
@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Any, Final
 
 from ..devices.models import Sample
@@ -30,6 +31,11 @@ __all__ = [
     "Column",
     "ColumnType",
     "RowValues",
+    "batch_columns",
+    "cells_by_value",
+    "flatten",
+    "join_rows",
+    "repeated",
     "sample_to_row",
     "sample_to_values",
 ]
@@ -113,90 +119,156 @@ assert len(COLUMNS) == 21
 assert len(set(COLUMNS)) == 21
 
 _NO_CHANNEL: Final = (None,) * 14  # channel … alarm4 of an error sample
+_WIDTH: Final = len(COLUMNS)
 
 
-def _make_converter() -> Callable[[Sample], RowValues]:
-    # Enum values are read as ``member._value_`` (a plain attribute) rather than ``.value``
-    # (a descriptor): it is the same string and costs a tenth of the time on this hot path.
-    #
-    # ``datetime.isoformat()`` is the most expensive step of a conversion (about 1.5 us), and the
-    # samples of one frame or tick share one ``received_at`` object, so the text of the last
-    # timestamp is memoised, keyed on identity. Each entry is one (datetime, text) tuple replaced
-    # by a single assignment, so concurrent callers (sinks converting in worker threads) can
-    # only cause a cache miss, never a wrong answer; nothing is held alive beyond the last
-    # timestamp. The caches are closure cells rather than an object with a ``__call__`` method:
-    # that saves two Python calls per sample.
-    received_entry: tuple[datetime | None, str] = (None, "")
-    requested_entry: tuple[datetime | None, str] = (None, "")
+def flatten(samples: Iterable[Sample]) -> list[Any]:
+    """The rows of ``samples`` in one flat list: row after row, each in :data:`COLUMNS` order.
 
-    def convert(sample: Sample) -> RowValues:
-        """The row of ``sample`` as a tuple in COLUMNS order (same values as sample_to_row)."""
-        nonlocal received_entry, requested_entry
+    This is the one place where Samples become stored values; every sink calls it (through
+    :func:`batch_columns`) once per batch, and :func:`sample_to_values` is its one-sample form.
+    It is written as one loop over the batch because it is the hot path of every write: the
+    per-sample cost is mostly reading the attributes of objects that are no longer in the CPU
+    cache, so the loop avoids a Python call per sample and keeps everything in locals.
+
+    ``datetime.isoformat()`` is the most expensive step (about 1.5 us), and the samples of one
+    frame or tick share one ``received_at`` object, so the text of the previous timestamp is
+    reused when the next sample holds the very same object (identity, not equality: equal
+    instants in other time zones have other text).
+    """
+    flat: list[Any] = []
+    add = flat.extend
+    no_channel = _NO_CHANNEL
+    last_received: datetime | None = None
+    received = ""
+    last_requested: datetime | None = None
+    requested_text: str | None = None
+    for sample in samples:
         received_at = sample.received_at
-        entry = received_entry
-        if entry[0] is received_at:
-            received = entry[1]
-        else:
+        if received_at is not last_received:
             received = received_at.isoformat()
-            received_entry = (received_at, received)
-        requested = sample.requested_at
-        if requested is None:
-            requested_text = None
-        elif requested is received_at:  # polled samples: one instant, often one object
-            requested_text = received
+            last_received = received_at
+        requested_at = sample.requested_at
+        if requested_at is None:
+            requested = None
+        elif requested_at is received_at:  # polled samples: one instant, often one object
+            requested = received
         else:
-            entry = requested_entry
-            if entry[0] is requested:
-                requested_text = entry[1]
-            else:
-                requested_text = requested.isoformat()
-                requested_entry = (requested, requested_text)
+            if requested_at is not last_requested:
+                requested_text = requested_at.isoformat()
+                last_requested = requested_at
+            requested = requested_text
         reading = sample.reading
+        # Enum values are read as ``member._value_`` (a plain attribute) rather than ``.value``
+        # (a descriptor): the same string at a tenth of the cost.
         if reading is None:
             error = sample.error
-            return (
-                sample.device,
-                *_NO_CHANNEL,
-                sample.protocol._value_,
-                sample.monotonic_ns,
-                received,
-                requested_text,
-                sample.latency_s,
-                None if error is None else str(error),
+            add(
+                (
+                    sample.device,
+                    *no_channel,
+                    sample.protocol._value_,
+                    sample.monotonic_ns,
+                    received,
+                    requested,
+                    sample.latency_s,
+                    None if error is None else str(error),
+                )
             )
+            continue
         status = reading.status
         a1, a2, a3, a4 = status.alarms
         fault = status.fault
-        return (
-            sample.device,
-            reading.channel._value_,
-            reading.kind._value_,
-            reading.name,
-            reading.value,
-            reading.unit._value_,
-            not (fault or a1 or a2 or a3 or a4),
-            fault,
-            status.maintenance,
-            status.calibrating,
-            status.warming_up,
-            a1,
-            a2,
-            a3,
-            a4,
-            sample.protocol._value_,
-            sample.monotonic_ns,
-            received,
-            requested_text,
-            sample.latency_s,
-            None,
+        add(
+            (
+                sample.device,
+                reading.channel._value_,
+                reading.kind._value_,
+                reading.name,
+                reading.value,
+                reading.unit._value_,
+                not (fault or a1 or a2 or a3 or a4),
+                fault,
+                status.maintenance,
+                status.calibrating,
+                status.warming_up,
+                a1,
+                a2,
+                a3,
+                a4,
+                sample.protocol._value_,
+                sample.monotonic_ns,
+                received,
+                requested,
+                sample.latency_s,
+                None,
+            )
         )
+    return flat
 
-    return convert
+
+def batch_columns(samples: Sequence[Sample]) -> list[list[Any]]:
+    """The values of ``samples`` as 21 column lists in :data:`COLUMNS` order (n values each).
+
+    The form every sink encodes from: a column-at-a-time encoder can test a whole column for
+    one repeated value or for None with C loops (``list.count``, ``in``) and convert it with
+    ``map``, instead of paying Python-level work per row and per value.
+    """
+    flat = flatten(samples)
+    # Strided slices (C loops) transpose the rows into columns.
+    return [flat[i::_WIDTH] for i in range(_WIDTH)]
 
 
-#: The row of ``sample`` as a tuple in :data:`COLUMNS` order: the sinks' hot path, same values
-#: as :func:`sample_to_row`. Safe to call from any thread.
-sample_to_values: Final[Callable[[Sample], RowValues]] = _make_converter()
+# -- column-at-a-time encoding helpers (shared by the sinks) -----------------------------------
+
+
+def repeated(column: list[Any]) -> bool:
+    """True when ``column`` holds one value in every row that may be stored once for all.
+
+    Only None, bools and strings qualify: for them "equal" means "stored the same"
+    (``list.count`` compares with ``is`` first, then ``==``). Numbers do not: ``0.0 == -0.0``
+    and ``1 == 1.0`` but their texts differ.
+    """
+    first = column[0]
+    return (
+        first is None or first is True or first is False or type(first) is str
+    ) and column.count(first) == len(column)
+
+
+def cells_by_value[T](column: list[Any], encode: Callable[[Any], T]) -> list[T]:
+    """``[encode(v) for v in column]``, calling ``encode`` once per distinct value.
+
+    For columns of few distinct, hashable values (names, enum values, timestamps shared by a
+    frame): the rest is a dict look-up per row in a C loop. Distinct keys are distinct by
+    ``==`` and hash, which for the strings and None of a text column means distinct text.
+    """
+    table = {value: encode(value) for value in dict.fromkeys(column)}
+    return list(map(table.__getitem__, column))
+
+
+def join_rows[S: (str, bytes)](pieces: Sequence[S | list[S]], n: int, empty: S) -> S:
+    """Row after row, the concatenation of ``pieces`` (``empty`` is ``""`` or ``b""``).
+
+    A piece is either one text used in every row (a separator, a constant column) or a list of
+    ``n`` texts, one per row. Adjacent constant pieces are merged first; the rows are then
+    built with C loops only (``zip`` over the lists and ``itertools.repeat``, ``join``).
+    """
+    merged: list[S | list[S]] = []
+    for piece in pieces:
+        if isinstance(piece, list):
+            merged.append(piece)
+        elif merged and not isinstance(merged[-1], list):
+            merged[-1] = merged[-1] + piece
+        else:
+            merged.append(piece)
+    columns = [piece if isinstance(piece, list) else repeat(piece, n) for piece in merged]
+    return empty.join(map(empty.join, zip(*columns, strict=True)))
+
+
+def sample_to_values(sample: Sample) -> RowValues:
+    """The row of ``sample`` as a tuple in :data:`COLUMNS` order (same values as
+    :func:`sample_to_row`). Safe to call from any thread."""
+    return tuple(flatten((sample,)))
 
 
 def sample_to_row(sample: Sample) -> dict[str, Any]:

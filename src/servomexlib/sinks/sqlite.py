@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import operator
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -62,7 +60,7 @@ from .base import (
     rotation_path,
     validate_identifier,
 )
-from .schema import COLUMNS, SCHEMA, ColumnType, RowValues, sample_to_values
+from .schema import COLUMNS, SCHEMA, ColumnType, batch_columns, repeated
 
 __all__ = ["SqliteSink"]
 
@@ -238,7 +236,7 @@ class SqliteSink(BaseSink):
                 context=self._context(),
             )
         present = {row[1] for row in info}
-        self._columns, _ = _select_columns(present, f"SQLite table {self.table}")
+        self._columns = _select_columns(present, f"SQLite table {self.table}")
         self._inserts = _InsertBuilder(table, self._columns)
 
     def _write_sync(self, samples: Sequence[Sample]) -> None:
@@ -248,10 +246,7 @@ class SqliteSink(BaseSink):
         inserts = self._inserts
         assert conn is not None
         assert inserts is not None
-        # One flat list of every value, row after row (a list comprehension: it calls the
-        # converter without a C-level call per sample, unlike map()).
-        flat = list(chain.from_iterable([sample_to_values(s) for s in samples]))
-        statements = inserts.statements(flat, len(samples))
+        statements = inserts.statements(batch_columns(samples))
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -303,10 +298,9 @@ class _InsertBuilder:
     ``"?k"`` (a text column with one value, bound once as parameter ``k``) or ``"?"`` (bound per
     row; a flag that ``is`` True/False as the int 1/0, anything else unchanged).
 
-    Constancy is tested with ``list.count`` (identity first, then ``==``, all in C): for text
-    and None that means the same stored value; a flag column counts as constant when every
-    value equals its first, a bool — ChannelStatus flags are bools, and the int literal stores
-    what binding ``True``/``False`` (adapted to 1/0) stores.
+    Constancy is :func:`~.schema.repeated` (C loops): for text and None it means the same stored
+    value; for a flag column every value equals its first, a bool — ChannelStatus flags are
+    bools, and the int literal stores what binding ``True``/``False`` (adapted to 1/0) stores.
     """
 
     __slots__ = ("_flags", "_indexes", "_prefix", "_sql")
@@ -319,33 +313,29 @@ class _InsertBuilder:
         self._flags = tuple(SCHEMA[COLUMNS.index(name)].type is ColumnType.BOOL for name in columns)
         self._sql: dict[tuple[tuple[str, ...], int], str] = {}
 
-    def statements(self, flat: list[Any], n: int) -> list[tuple[str, list[Any]]]:
-        """The ``(sql, parameters)`` pairs that insert ``n`` rows (n >= 1), in order.
+    def statements(self, batch: list[list[Any]]) -> list[tuple[str, list[Any]]]:
+        """The ``(sql, parameters)`` pairs that insert the rows of ``batch``, in order.
 
-        ``flat`` holds the rows' values one row after the other (``n`` x 21, COLUMNS order).
+        ``batch`` holds the 21 schema columns of n >= 1 rows (:func:`~.schema.batch_columns`).
         """
-        assert len(flat) == n * len(COLUMNS)
-        # Strided slices (C loops) transpose the rows into columns.
-        columns = [flat[i :: len(COLUMNS)] for i in self._indexes]
+        n = len(batch[0])
         modes: list[str] = []
         constants: list[Any] = []
         variable: list[list[Any]] = []
-        # ``list.count`` compares with ``is`` first, then ``==``; for the text and None
-        # columns tested here equality means the same stored value.
-        for column, is_flag in zip(columns, self._flags, strict=True):
-            first = column[0]
-            if first is None:
-                if column.count(None) == n:
+        for index, is_flag in zip(self._indexes, self._flags, strict=True):
+            column = batch[index]
+            if repeated(column):
+                first = column[0]
+                if first is None:
                     modes.append("NULL")
                     continue
-            elif is_flag:
-                if (first is True or first is False) and column.count(first) == n:
+                if is_flag:
                     modes.append("1" if first else "0")
                     continue
-            elif type(first) is str and column.count(first) == n:
-                constants.append(first)
-                modes.append(f"?{len(constants)}")
-                continue
+                if type(first) is str:
+                    constants.append(first)
+                    modes.append(f"?{len(constants)}")
+                    continue
             modes.append("?")
             if is_flag:
                 variable.append([1 if v is True else 0 if v is False else v for v in column])
@@ -399,24 +389,15 @@ def _choice(value: str, allowed: frozenset[str], what: str) -> str:
     return text
 
 
-def _select_columns(
-    present: set[str], where: str
-) -> tuple[tuple[str, ...], Callable[[RowValues], RowValues] | None]:
-    """The schema columns ``present`` in the target, and a picker for their row values.
+def _select_columns(present: set[str], where: str) -> tuple[str, ...]:
+    """The schema columns ``present`` in the target, in schema order.
 
-    Schema columns the target lacks are dropped with one warning each. The picker is None when
-    every column is present (the row is used as is).
+    Schema columns the target lacks are dropped with one warning each.
     """
-    keep = [i for i, name in enumerate(COLUMNS) if name in present]
     for name in COLUMNS:
         if name not in present:
             logger.warning("%s has no column %r: its values are dropped", where, name)
-    if not keep:
+    columns = tuple(name for name in COLUMNS if name in present)
+    if not columns:
         raise ServomexSinkSchemaError(f"{where} has none of the sample columns")
-    columns = tuple(COLUMNS[i] for i in keep)
-    if len(keep) == len(COLUMNS):
-        return columns, None
-    getter = operator.itemgetter(*keep)
-    if len(keep) == 1:
-        return columns, lambda row: (getter(row),)
-    return columns, getter
+    return columns
