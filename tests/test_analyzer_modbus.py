@@ -437,7 +437,10 @@ async def test_thirty_percent_dropped_replies_never_give_a_wrong_value() -> None
 @pytest.mark.parametrize(("framing", "address"), [(RTU, 30), (ASCII, 1)])
 async def test_calibration_pulse_gates_and_phases(framing: ProtocolKind, address: int) -> None:
     async with served(mode=framing, address=address) as (sim, path):
-        sim.configure_calibration(2, channels=[I1], gas1_s=0.4, gas2_s=0.4)
+        # Each pass of the status loop below is three transactions (≈ 0.2 s with the 50 ms
+        # silences); 1 s phases leave room for a pass delayed by a busy machine, so no phase
+        # is stepped over.
+        sim.configure_calibration(2, channels=[I1], gas1_s=1.0, gas2_s=1.0)
         with anyio.fail_after(20):
             anz = await open_device(path, protocol=framing, address=address, identify=False)
             async with anz:

@@ -23,6 +23,22 @@ SERVOMEX = [sys.executable, "-c", "import sys; from servomexlib.cli import main;
 LOOPBACK = bytes.fromhex("01080000ABCD5EAE")
 
 
+@pytest.fixture(scope="module")
+def import_time() -> float:
+    """Seconds this machine takes to start Python and import what ``simulate`` runs on.
+
+    The part of the start-up the simulator cannot speed up: a fraction of a second here,
+    seconds on a slow CI machine without bytecode caches. "Fast start" is measured on top.
+    """
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", "import anyio, servomexlib.cli, servomexlib.cli.simulate"],
+        check=True,
+        timeout=60,
+    )
+    return time.monotonic() - started
+
+
 def launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str, float]:
     env = dict(os.environ, TMPDIR=str(tmp_path))
     started = time.monotonic()
@@ -74,13 +90,15 @@ def read_pty(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_pty_start_address_first_and_clean_exit(tmp_path: Path, sig: int) -> None:
+def test_pty_start_address_first_and_clean_exit(
+    tmp_path: Path, sig: int, import_time: float
+) -> None:
     sentinel = tmp_path / "keep-me"
     sentinel.write_text("mine")
     before = sorted(p.name for p in tmp_path.iterdir())
     proc, path, startup = launch(tmp_path)
     try:
-        assert startup < 2.0
+        assert startup < import_time + 1.5  # serving and printed soon after the imports
         assert Path(path).is_symlink()
         assert Path(path).resolve().as_posix().startswith("/dev/")
         assert Path(path).is_relative_to(tmp_path)
@@ -115,10 +133,10 @@ def test_continuous_over_pty(tmp_path: Path) -> None:
     assert frame.readings[1].name == "O2dry"
 
 
-def test_tcp_prints_url_and_serves(tmp_path: Path) -> None:
+def test_tcp_prints_url_and_serves(tmp_path: Path, import_time: float) -> None:
     proc, url, startup = launch(tmp_path, "--tcp", "127.0.0.1:0", "--address", "1")
     try:
-        assert startup < 2.0
+        assert startup < import_time + 1.5
         assert url.startswith("tcp://127.0.0.1:")
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
