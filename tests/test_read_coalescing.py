@@ -8,6 +8,7 @@ together with later bytes by the wire time of those bytes.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -236,3 +237,41 @@ def test_transports_report_their_line_rate() -> None:
     assert FakeTransport(char_time_s=0.002).char_time_s == 0.002
     with pytest.raises(ValueError, match="char_time_s"):
         FakeTransport(char_time_s=0.0)
+
+
+def test_both_clocks_respect_the_previous_read_when_they_were_read_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wall clock and the monotonic clock of a read are taken a moment apart; a pause in
+    # between (a busy machine) makes one interval longer than the other. Neither stamp may go
+    # before the previous read's: the shorter interval bounds the correction of both.
+    import servomexlib.clients.continuous as module
+
+    wall0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    reads = iter([(wall0, 5_000_000_000), (wall0 + timedelta(milliseconds=5), 5_008_000_000)])
+    current: list[tuple[datetime, int]] = []
+
+    class Clock:
+        @staticmethod
+        def now(tz: object = None) -> datetime:
+            current[:] = [next(reads)]
+            return current[0][0]
+
+        @staticmethod
+        def monotonic_ns() -> int:
+            return current[0][1]
+
+    monkeypatch.setattr(module, "datetime", Clock)
+    monkeypatch.setattr(module, "time", Clock)
+    client = ContinuousClient(FakeTransport(char_time_s=0.001))
+    client._process(frame(20.0), final=False)
+    one = client.latest_frame
+    client._process(frame(21.0) + frame(22.0)[:100], final=False)  # 100 ms of later bytes
+    two = client.latest_frame
+    assert one is not None
+    assert two is not None
+    assert two.channel("I1").value == 21.0
+    assert (one.received_at, one.monotonic_ns) == (wall0, 5_000_000_000)
+    # wall: 5 ms since the previous read; monotonic: 8 ms. Both go back 5 ms.
+    assert two.received_at == wall0
+    assert two.monotonic_ns == 5_003_000_000

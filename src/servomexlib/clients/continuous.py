@@ -85,6 +85,7 @@ RECEIVE_BYTES = 8192
 #: Longest wait for the rest of a frame, in characters: a 7-block frame plus CR LF.
 MAX_COALESCE_CHARS = frame_length(7) + 2
 _SHORTEST = frame_length(1)
+_ONE_US = timedelta(microseconds=1)
 #: Broadcast period assumed when the caller gives none (the measured unit's ~2 s).
 DEFAULT_FRAME_PERIOD_S = 2.0
 MODEL = "4000-series"
@@ -151,6 +152,7 @@ class ContinuousClient:
         self._subscribers: list[_Subscriber] = []
         self._char_time = _line_char_time(transport)
         self._last_read_ns = 0
+        self._last_read_at: datetime | None = None
         self._last_frame_len: int | None = None
         self._next_frame: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
@@ -305,7 +307,13 @@ class ContinuousClient:
             segments += self._splitter.flush()
         received_at = datetime.now(UTC)
         monotonic_ns = time.monotonic_ns()
-        previous_read_ns, self._last_read_ns = self._last_read_ns, monotonic_ns
+        previous_ns, self._last_read_ns = self._last_read_ns, monotonic_ns
+        previous_at, self._last_read_at = self._last_read_at, received_at
+        # How far back a stamp may go: to the previous read, on both clocks (they are read a
+        # moment apart, so each bounds its own stamp).
+        since_ns = monotonic_ns - previous_ns
+        if previous_at is not None:
+            since_ns = min(since_ns, (received_at - previous_at) // _ONE_US * 1000)
         overflows = self._splitter.stats().overflows
         while self._overflows_seen < overflows:
             self._overflows_seen += 1
@@ -319,7 +327,7 @@ class ContinuousClient:
             )
         if not segments:
             return
-        stamps = self._stamps(segments, len(chunk), received_at, monotonic_ns, previous_read_ns)
+        stamps = self._stamps(segments, len(chunk), received_at, monotonic_ns, since_ns)
         for segment, (seg_at, seg_ns) in zip(segments, stamps, strict=True):
             try:
                 frame = parse_frame(segment, received_at=seg_at, monotonic_ns=seg_ns)
@@ -335,7 +343,7 @@ class ContinuousClient:
         chunk_len: int,
         received_at: datetime,
         monotonic_ns: int,
-        previous_read_ns: int,
+        since_ns: int,
     ) -> list[tuple[datetime, int]]:
         """When each segment's last byte arrived, by the wire time of the bytes after it.
 
@@ -348,7 +356,7 @@ class ContinuousClient:
             return [(received_at, monotonic_ns)] * len(segments)
         stamps: list[tuple[datetime, int]] = []
         after = self._splitter.buffered  # bytes after the last terminator
-        floor_back_ns = max(monotonic_ns - previous_read_ns, 0)
+        floor_back_ns = max(since_ns, 0)
         for segment in reversed(segments):
             back_ns = min(int(min(after, chunk_len) * char_time * 1e9), floor_back_ns)
             if back_ns <= 0:
