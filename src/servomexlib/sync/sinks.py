@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -115,20 +116,10 @@ def record_to_sink(
     Returns:
         The pipe's summary: ``samples_emitted`` = samples written.
     """
-    if portal is not None:
-        return portal.call(
-            _record_into,
-            source,
-            sink,
-            rate_hz=rate_hz,
-            duration=duration,
-            names=names,
-            timeout=timeout,
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-        )
-    with SyncPortal(backend=backend) as own:
-        return own.call(
+    # A borrowed portal stays open; without one, a private portal lives for this call only.
+    scope = contextlib.nullcontext(portal) if portal is not None else SyncPortal(backend=backend)
+    with scope as active:
+        return active.call(
             _record_into,
             source,
             sink,
