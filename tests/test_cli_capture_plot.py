@@ -38,6 +38,21 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def fixture_capture(out: Path, *, rate: str, duration: str) -> list[str]:
+    """``servomex capture`` arguments replaying the live fixture into ``out``."""
+    return [
+        "capture",
+        "--fixture",
+        str(LIVE),
+        "--rate",
+        rate,
+        "--duration",
+        duration,
+        "--out",
+        str(out),
+    ]
+
+
 def test_capture_csv_from_sim_then_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "demo.csv"
     code, lines, err = run(
@@ -108,15 +123,7 @@ def test_capture_jsonl_fixture_and_plot(capsys: pytest.CaptureFixture[str], tmp_
     out = tmp_path / "cap.jsonl"
     code, lines, err = run(
         capsys,
-        "capture",
-        "--fixture",
-        str(LIVE),
-        "--rate",
-        "20",
-        "--duration",
-        "0.2",
-        "--out",
-        str(out),
+        *fixture_capture(out, rate="20", duration="0.2"),
     )
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -137,17 +144,7 @@ def test_capture_sqlite_and_parquet(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
 ) -> None:
     out = tmp_path / f"cap{suffix}"
-    argv = [
-        "capture",
-        "--fixture",
-        str(LIVE),
-        "--rate",
-        "20",
-        "--duration",
-        "0.1",
-        "--out",
-        str(out),
-    ]
+    argv = fixture_capture(out, rate="20", duration="0.1")
     code, lines, err = run(capsys, *argv)
     assert code == 0, err
     assert lines[0].startswith("captured 10 samples to ")
@@ -177,17 +174,7 @@ def test_capture_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert err.startswith("error: no port given")
     bad = tmp_path / "other.csv"
     bad.write_text("a,b\n1,2\n")
-    argv = [
-        "capture",
-        "--fixture",
-        str(LIVE),
-        "--duration",
-        "0.1",
-        "--rate",
-        "10",
-        "--out",
-        str(bad),
-    ]
+    argv = fixture_capture(bad, rate="10", duration="0.1")
     code, _, err = run(capsys, *argv)
     assert code == 1
     assert err.startswith("error: ")
@@ -223,15 +210,7 @@ def test_capture_subprocess_signal_flushes(tmp_path: Path, sig: int) -> None:
     proc = subprocess.Popen(
         [
             str(SERVOMEX),
-            "capture",
-            "--fixture",
-            str(LIVE),
-            "--rate",
-            "20",
-            "--duration",
-            "0",
-            "--out",
-            str(out),
+            *fixture_capture(out, rate="20", duration="0"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -271,15 +250,7 @@ def test_capture_progress_on_a_tty(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
             str(SERVOMEX),
-            "capture",
-            "--fixture",
-            str(LIVE),
-            "--rate",
-            "10",
-            "--duration",
-            "0.8",
-            "--out",
-            str(out),
+            *fixture_capture(out, rate="10", duration="0.8"),
         ],
         stdout=subprocess.PIPE,
         stderr=slave,

@@ -22,7 +22,7 @@ from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ProtocolKind, Sample
 from servomexlib.errors import ServomexConnectionError, ServomexTimeoutError
 from servomexlib.sim import Simulator
-from servomexlib.streaming.recorder import PollSource, record
+from servomexlib.streaming.recorder import AcquisitionSummary, PollSource, record
 
 pytestmark = pytest.mark.anyio
 
@@ -131,6 +131,20 @@ async def record_through_an_outage(
     return batches, rec.summary, reopener, (outage[0], outage[1])
 
 
+def check_outage_absorbed(
+    batches: list[Sequence[Sample]], summary: AcquisitionSummary, reopener: Reopener, *, ticks: int
+) -> None:
+    """The loss was absorbed: every absorbed ConnectionError led to one reopen attempt (the one
+    during the outage failed, the one after it succeeded); nothing emitted was lost or
+    duplicated, and the schedule accounts for every tick."""
+    assert summary.disconnects >= 2
+    assert reopener.attempts == 1 + summary.disconnects
+    assert reopener.opened == 2
+    assert reopener.closed == 2  # the vanished Analyzer and the last one
+    assert len(batches) == summary.samples_emitted
+    assert summary.samples_emitted + summary.samples_late == ticks
+
+
 async def test_modbus_recording_survives_a_vanished_pty() -> None:
     rate_hz, duration = 2.0, 8.0
     async with Simulator(mode=ProtocolKind.MODBUS_RTU, address=30) as sim:
@@ -145,15 +159,7 @@ async def test_modbus_recording_survives_a_vanished_pty() -> None:
                 address=30,
                 timeout=0.5,
             )
-    # The loss was absorbed: every absorbed ConnectionError led to one reopen attempt; the
-    # reopen during the outage failed, the one after it succeeded.
-    assert summary.disconnects >= 2
-    assert reopener.attempts == 1 + summary.disconnects
-    assert reopener.opened == 2
-    assert reopener.closed == 2  # the vanished Analyzer and the last one
-    # Nothing emitted was lost or duplicated, and the schedule accounts for every tick.
-    assert len(batches) == summary.samples_emitted
-    assert summary.samples_emitted + summary.samples_late == round(duration * rate_hz)
+    check_outage_absorbed(batches, summary, reopener, ticks=round(duration * rate_hz))
     stamps = check_batches(batches, distinct=True)
     before = [t for t in stamps if t < gone + LINGER_NS]
     after = [t for t in stamps if t > back]
@@ -179,12 +185,7 @@ async def test_continuous_recording_survives_a_vanished_pty() -> None:
                 protocol="continuous",
                 frame_period=0.25,
             )
-    assert summary.disconnects >= 2
-    assert reopener.attempts == 1 + summary.disconnects
-    assert reopener.opened == 2
-    assert reopener.closed == 2
-    assert len(batches) == summary.samples_emitted
-    assert summary.samples_emitted + summary.samples_late == round(duration * rate_hz)
+    check_outage_absorbed(batches, summary, reopener, ticks=round(duration * rate_hz))
     stamps = check_batches(batches, distinct=False)
     before = sorted({t for t in stamps if t < gone + LINGER_NS})
     after = sorted({t for t in stamps if t > back})
