@@ -3,6 +3,10 @@
 Usage: ``python examples/multidrop_manager.py [PORT] [--addresses 1,2,3] [--polls N]``.
 PORT defaults to a simulated Modbus RTU bus with one analyser per address; on real hardware
 give the bus's serial port (all analysers in the same Modbus mode, distinct addresses).
+
+The manager identifies each analyser just before its first poll, so every poll covers only
+the channels that analyser has (empty ``||||||`` slots are not reported); an analyser that
+does not answer is reported as an error for that poll and identified again on the next.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ async def poll_bus(port: str, addresses: list[int], polls: int) -> None:
                     print(f"poll {n} {name}: I1={o2.value} {o2.unit.value} ok={o2.status.ok}")
                 else:
                     print(f"poll {n} {name}: error {result.error}")
+        for name in manager.names:
+            info = manager.get(name).info  # cached by the first poll's identify
+            if info is not None:
+                print(f"{name}: channels {' '.join(c.channel.value for c in info.channels)}")
 
 
 def main() -> None:

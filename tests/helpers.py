@@ -14,9 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from servomexlib.devices.models import Frame
+from servomexlib.devices.models import ChannelId, ChannelStatus, Frame, idle_cal_groups
 from servomexlib.errors import ServomexProtocolError
-from servomexlib.wire.continuous import FrameSplitter, frame_length, parse_frame
+from servomexlib.wire.continuous import (
+    FrameSplitter,
+    build_frame,
+    format_block,
+    format_header,
+    format_value,
+    frame_length,
+    parse_frame,
+)
 
 DATA = Path(__file__).parent / "data"
 IDLE_CAPTURE = DATA / "continuous_4100_idle_5ch.bin"
@@ -174,3 +182,27 @@ def decode_error(data: bytes) -> ServomexProtocolError:
         parse(data)
     assert _key(direct.value) == _key(err)
     return err
+
+
+def two_block_frame(o2: float, *, terminator: bytes = b"\r\n") -> bytes:
+    """A small valid broadcast: I1 Oxygen at ``o2`` % and an unlabelled E1 at 4.0 mA."""
+    blocks = [
+        format_block(
+            ChannelId.I1,
+            name="Oxygen",
+            value_text=format_value(o2),
+            unit=" % ",
+            status=ChannelStatus(),
+        ),
+        format_block(
+            ChannelId.E1,
+            name=None,
+            value_text=format_value(4.0, 1),
+            unit=" mA",
+            status=ChannelStatus(),
+        ),
+    ]
+    header = format_header(
+        clock=None, fault=False, maintenance=False, cal_groups=idle_cal_groups(), n_blocks=2
+    )
+    return build_frame(header, blocks, terminator=terminator)

@@ -10,7 +10,14 @@ import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from servomexlib.devices.models import ChannelId, ChannelStatus, ProtocolKind, Reading, Sample
+from servomexlib.devices.models import (
+    ChannelId,
+    ChannelStatus,
+    ProtocolKind,
+    Reading,
+    Sample,
+    ValueState,
+)
 from servomexlib.errors import ErrorContext, ServomexChecksumError, ServomexTimeoutError
 from servomexlib.units import Unit
 
@@ -36,7 +43,10 @@ COLUMNS = [
     "requested_at",
     "latency_s",
     "error",
+    "value_state",
 ]
+#: The columns of files written before value_state existed (api.md §10).
+LEGACY_COLUMNS = COLUMNS[:21]
 BOOL_COLUMNS = COLUMNS[6:15]
 FLOAT_COLUMNS = ("value", "latency_s")
 INT_COLUMNS = ("monotonic_ns",)
@@ -99,17 +109,23 @@ def make_samples(n: int, *, per_frame: int = 5, error_every: int = 97) -> list[S
             )
             continue
         channel = _CHANNELS[i % len(_CHANNELS)]
+        value = _VALUES[i % len(_VALUES)]
+        # A missing value is over-range or invalid in turn; a number is ok.
+        state = ValueState.OK
+        if value is None:
+            state = ValueState.OVER_RANGE if (i // len(_VALUES)) % 2 else ValueState.INVALID
         reading = Reading(
             channel=channel,
             kind=channel.kind,
             name=_NAMES[i % len(_NAMES)],
-            value=_VALUES[i % len(_VALUES)],
+            value=value,
             unit=_UNITS[i % len(_UNITS)],
             status=_status(i % 256),
             protocol=protocol,
             received_at=received,
             monotonic_ns=mono,
             raw=b"raw;bytes",
+            value_state=state,
         )
         samples.append(
             Sample(
@@ -146,7 +162,8 @@ def expected_row(sample: Sample) -> dict[str, Any]:
         name=r.name,
         value=r.value,
         unit=r.unit.value,
-        ok=not s.fault and not any(s.alarms),
+        # a row without a value is never ok
+        ok=not s.fault and not any(s.alarms) and r.value_state.value == "ok",
         fault=s.fault,
         maintenance=s.maintenance,
         calibrating=s.calibrating,
@@ -155,6 +172,7 @@ def expected_row(sample: Sample) -> dict[str, Any]:
         alarm2=s.alarms[1],
         alarm3=s.alarms[2],
         alarm4=s.alarms[3],
+        value_state=r.value_state.value,
     )
     return row
 

@@ -12,7 +12,7 @@ import random
 import time
 import tty
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -538,6 +538,26 @@ async def test_stream_modes_and_session_lifecycle() -> None:
     assert anz.dropped_frames == 1
 
 
+async def test_identify_is_served_from_cache_until_refresh() -> None:
+    fake = FakeTransport()
+    with anyio.fail_after(5):
+        async with await open_continuous(fake) as anz:
+            fake.feed(make_frame(3))
+            info = await anz.identify()
+            assert anz.info is info
+            assert [c.channel for c in info.channels] == [ChannelId.I1, ChannelId.E1, ChannelId.E2]
+            fake.feed(make_frame(5))  # the analyser now broadcasts five channels
+            await anyio.wait_all_tasks_blocked()  # the receiver has decoded it
+            assert anz.statistics().frames_ok == 2
+            assert len((await anz.poll()).readings) == 5
+            assert await anz.identify() is info  # cached: the old three channels
+            fresh = await anz.identify(refresh=True)
+            assert [c.channel for c in fresh.channels] == [c[0] for c in CONFIGS[5]]
+            assert anz.info is fresh
+            assert await anz.identify() is fresh
+    assert await anz.identify() is fresh  # no I/O, so it still answers after the session
+
+
 async def test_error_sample_carries_the_error() -> None:
     fake = FakeTransport()
     with anyio.fail_after(5):
@@ -654,8 +674,29 @@ async def test_modbus_entered_session_closes_transport() -> None:
     stub = StubModbusClient(FakeTransport())
     async with Analyzer(stub, device="m1") as anz:  # type: ignore[arg-type]
         assert anz.device == "m1"
-        assert stub.calls == [("start", None)]
+        # A Modbus Analyzer owns no task group, so there is nothing to start (api.md §5).
+        assert stub.calls == []
     assert not stub.transport.is_open
+
+
+async def test_modbus_session_is_entered_in_one_task_and_closed_in_another() -> None:
+    stub = StubModbusClient(FakeTransport())
+    anz = Analyzer(stub, device="m2")  # type: ignore[arg-type]
+    stack = AsyncExitStack()
+
+    async def enter(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await stack.enter_async_context(anz)  # entered in this child task, which then ends
+        task_status.started()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(enter)
+        assert (await anz.poll()).readings  # usable from the parent task
+        await stack.aclose()  # closed by the parent: no "cancel scope in a different task"
+    assert not stub.transport.is_open
+    with anyio.move_on_after(0.01) as scope:  # the parent's cancel scopes still work
+        await anyio.sleep(1)
+    assert scope.cancelled_caught
 
 
 async def test_modbus_poll_stream_runs_record_in_the_session() -> None:

@@ -51,9 +51,14 @@ CLEAR = ChannelStatus()
 
 
 def f32(value: float) -> float:
-    """``value`` as it survives the float32 registers."""
-    result: float = struct.unpack(">f", struct.pack(">f", value))[0]
-    return result
+    """``value`` as it survives the float32 registers, given as the shortest decimal that
+    converts back to the same float32 (api.md §2: ``20.378``, not ``20.378000259399414``)."""
+    packed = struct.pack(">f", value)
+    for digits in range(1, 10):
+        shortest = float(f"{struct.unpack('>f', packed)[0]:.{digits}g}")
+        if struct.pack(">f", shortest) == packed:
+            return shortest
+    raise AssertionError(f"no float32 round trip for {value!r}")  # pragma: no cover
 
 
 def adu(framing: ProtocolKind, address: int, pdu: bytes) -> bytes:

@@ -122,8 +122,29 @@ def test_read_bad_port_and_timeout_errors(capsys: pytest.CaptureFixture[str]) ->
         capsys, "read", RTU, "--protocol", "modbus_rtu", "--address", "7", "--timeout", "0.05"
     )
     assert code == 1
-    assert err.startswith("error: ")
-    assert "address=7" in err
+    # In words, with the flags' vocabulary; raw bytes and extras only with --verbose.
+    assert err == (
+        "error: no response from slave (port sim://?mode=modbus_rtu&realtime=0, address 7, "
+        "FC04 register 0, after 3 attempts)\n"
+    )
+    code, _, err = run(
+        capsys,
+        "read",
+        RTU,
+        "--protocol",
+        "modbus_rtu",
+        "--address",
+        "7",
+        "--timeout",
+        "0.05",
+        "--verbose",
+    )
+    assert code == 1
+    first, *causes = err.splitlines()
+    assert first.startswith("error: no response from slave (protocol modbus_rtu, port sim://")
+    assert ", address 7, FC04 register 0, after 3 attempts, " in first
+    assert ", request 07 04 00 00 00 " in first  # the raw request, as hex
+    assert all(line.startswith("  caused by ") for line in causes)
     assert "Traceback" not in err
 
 
@@ -364,3 +385,37 @@ def test_aliases_have_identical_output(capsys: pytest.CaptureFixture[str]) -> No
     assert "--out" in err
     assert exit_code(read_main, ["--version"]) == 0
     assert capsys.readouterr().out == f"servomex-read {__version__}\n"
+
+
+# ---------------------------------------------------------------------------- value_state
+
+
+def test_readings_without_a_value_show_their_state(capsys: pytest.CaptureFixture[str]) -> None:
+    over = CONT + "&scenario=overrange"
+    code, out, err = run(capsys, "read", over, "--protocol", "continuous")
+    assert code == 0, err
+    assert "  I2  CO           over_range %    ok=False" in out  # not a bare None, never ok
+    assert "  I1  Oxygen           20.378 %    ok=True" in out
+    code, out, _ = run(capsys, "read", over, "--protocol", "continuous", "--format", "json")
+    co = json.loads(out[0])["frame"]["readings"][1]
+    assert (co["channel"], co["value"], co["value_state"], co["ok"]) == (
+        "I2",
+        None,
+        "over_range",
+        False,
+    )
+    keys = list(co)
+    assert keys[keys.index("value") + 1] == "value_state"  # next to the value
+    code, out, _ = run(capsys, "stream", over, "--protocol", "continuous", "--count", "3")
+    assert out == ["I1      20.378 %", "I2  over_range %", "I3        0.25 %"]
+    code, out, _ = run(
+        capsys, "stream", over, "--protocol", "continuous", "--count", "2", "--format", "json"
+    )
+    rows = [json.loads(line) for line in out]
+    assert [(r["value"], r["value_state"]) for r in rows] == [(20.378, "ok"), (None, "over_range")]
+    code, out, _ = run(capsys, "diag", "tap", over, "--protocol", "continuous", "--count", "2")
+    assert out == ["I1      20.378 %", "I2  over_range %"]
+    # The simulator sends Modbus NaN for over-range (api.md §16.1): a non-finite value is
+    # invalid, not over-range (api.md §2).
+    code, out, _ = run(capsys, "read", RTU + "&scenario=overrange", "--protocol", "modbus_rtu")
+    assert "  I2  CO              invalid %    ok=False" in out

@@ -12,12 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 
-from servomexlib.cli import main
+from servomexlib.cli import build_parser, main
+from servomexlib.cli import watch as watch_cmd
 from servomexlib.cli.watch import WatchState, flags_text, render, sparkline
 from servomexlib.decode import decode_frame, split_frames
 from servomexlib.devices.models import ProtocolKind
+from servomexlib.sim import Simulator
+from servomexlib.streaming import recorder
 
 DATA = Path(__file__).parent / "data"
 LIVE = DATA / "continuous_4100_live_5ch.bin"
@@ -72,6 +76,69 @@ def test_watch_render_forced_terminal() -> None:
     assert re.search(r"│ E2 +│ \(unlabelled\) +│ +0 │ mA +│", text)
     assert "F M C W 1 2 3 4" in text
     assert flags_text(frames[0].readings[0]) == "- - - - - - - -"
+
+
+def outage_start(state: WatchState) -> float | None:
+    return state.lost_at  # read through a function: the type checker narrows attributes
+
+
+def test_watch_render_shows_an_outage() -> None:
+    from rich.console import Console
+
+    frame = decode_frame(split_frames(LIVE.read_bytes())[0])
+    state = WatchState(port="COM3", protocol=ProtocolKind.CONTINUOUS_ASCII, address=None)
+    state.update(frame)
+    state.lost_at, state.outage_s = 100.0, 3.24
+    console = Console(force_terminal=True, width=110, record=True, color_system=None)
+    console.print(render(state))
+    assert "link lost 3.2 s, reconnecting…" in console.export_text()
+    state.link_back()
+    assert outage_start(state) is None
+    assert state.last_outage_s == 3.24
+    console.print(render(state))
+    assert console.export_text().count("link lost") == 0  # export_text() clears the record
+
+
+@pytest.mark.anyio
+async def test_watch_reconnects_after_a_lost_link(
+    anyio_backend: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulated device vanishes after two sweeps and returns 0.4 s later (real time: the
+    backoff sleeps are real; a 0.1 s step keeps the test short)."""
+    monkeypatch.setattr(recorder, "BACKOFF_STEPS_S", (0.1,))
+    name = f"cli-watch-reconnect-{anyio_backend}"
+    sim = Simulator(name=name, realtime=False)
+    args = build_parser().parse_args(
+        ["watch", f"sim://{name}", "--protocol", "modbus_rtu", "--rate", "10", "--count", "5"]
+    )
+    sweeps_before = 0
+
+    async def pull_the_cable() -> None:
+        nonlocal sweeps_before
+        with anyio.fail_after(10):
+            # The simulator's request log has no event to wait on: poll it.
+            while sum(r.adu[1] == 0x04 for r in sim.requests) < 3:  # noqa: ASYNC110
+                await anyio.sleep(0.01)  # (identify and two sweeps answered)
+        sweeps_before = sum(r.adu[1] == 0x04 for r in sim.requests)
+        sim.vanish()
+        await anyio.sleep(0.4)
+        sim.reappear()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pull_the_cable)
+            code = await watch_cmd._watch(args)
+    out, err = capsys.readouterr()
+    assert code == 0
+    frames = [line for line in out.splitlines() if line.startswith("frame @ ")]
+    assert len(frames) == 5  # the watch went on after the outage until --count
+    assert sweeps_before >= 3
+    lost, back = err.splitlines()
+    assert lost.startswith("watch: link lost (")
+    assert lost.endswith("); reconnecting…")
+    match = re.fullmatch(r"watch: link back after (\d+\.\d) s", back)
+    assert match, back
+    assert float(match.group(1)) >= 0.3
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals")

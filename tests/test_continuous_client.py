@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
+from helpers import two_block_frame
 from servomexlib.clients.base import AnalyzerClient
 from servomexlib.clients.continuous import ContinuousClient, first_frame_wait
 from servomexlib.devices.models import (
     ChannelId,
-    ChannelStatus,
     ProtocolKind,
     Sample,
     idle_cal_groups,
@@ -25,32 +25,12 @@ from servomexlib.errors import (
     ServomexValidationError,
 )
 from servomexlib.transport import FakeTransport
-from servomexlib.wire.continuous import build_frame, format_block, format_header, format_value
 
 pytestmark = pytest.mark.anyio
 
 
 def frame(o2: float, *, term: bytes = b"\r\n") -> bytes:
-    blocks = [
-        format_block(
-            ChannelId.I1,
-            name="Oxygen",
-            value_text=format_value(o2),
-            unit=" % ",
-            status=ChannelStatus(),
-        ),
-        format_block(
-            ChannelId.E1,
-            name=None,
-            value_text=format_value(4.0, 1),
-            unit=" mA",
-            status=ChannelStatus(),
-        ),
-    ]
-    header = format_header(
-        clock=None, fault=False, maintenance=False, cal_groups=idle_cal_groups(), n_blocks=2
-    )
-    return build_frame(header, blocks, terminator=term)
+    return two_block_frame(o2, terminator=term)
 
 
 def bad_checksum(o2: float) -> bytes:

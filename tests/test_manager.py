@@ -104,8 +104,16 @@ async def test_four_analysers_on_one_pty() -> None:
                 results = await mgr.poll()
                 _check_values(results, {f"a{a}": a for a in (1, 2, 3, 4)})
             samples = await mgr.poll_samples()
-            assert [s.device for s in samples[:5]] == ["a1"] * 5
-            assert len(samples) == 4 * 10  # before identify a sweep covers all 10 slots
+            # Each managed analyser was identified before its first sweep, so sweeps cover
+            # only its five populated slots (no empty I4/D1-D4 rows).
+            populated = [ChannelId(c) for c in ("I1", "I2", "I3", "E1", "E2")]
+            assert [(s.device, s.channel) for s in samples] == [
+                (f"a{a}", ch) for a in (1, 2, 3, 4) for ch in populated
+            ]
+            for a in (1, 2, 3, 4):
+                info = mgr.get(f"a{a}").info
+                assert info is not None
+                assert [c.channel for c in info.channels] == populated
             # The 50 ms silence held across every change of slave address: nothing lost.
             outcomes = {r.outcome for r in line.simulators[0].requests}
             assert RequestOutcome.SILENCE_DROPPED not in outcomes

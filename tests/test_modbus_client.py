@@ -250,13 +250,13 @@ def check_frame_values(frame: Frame, framing: ProtocolKind) -> None:
     assert 0 < frame.latency_s < 5
     i1, i2, i3 = frame.channel("I1"), frame.channel("I2"), frame.channel("I3")
     d1, e1, e2 = frame.channel("D1"), frame.channel("E1"), frame.channel("E2")
-    assert i1.value == 20.378000259399414  # float32 widened, no rounding
+    assert i1.value == 20.378  # the shortest decimal that packs back to the same float32
     assert i2.value == pytest.approx(0.084, abs=1e-7)
     assert i3.value == 0.25
     assert i3.name == "CO₂"
     assert i3.raw == bytes.fromhex("3E800000434F82202020") + b"%\x00\x00\x00"
     assert (i1.unit, e1.unit) == (Unit.PERCENT, Unit.MILLIAMP)
-    assert d1.value == 20.950000762939453
+    assert d1.value == 20.95
     assert d1.name == "Oxygen"
     assert d1.unit is Unit.PERCENT
     assert e1.name is None
@@ -509,22 +509,42 @@ async def test_exception_reply_ascii_bytes() -> None:
     assert client.read_planner.unreadable == frozenset({I1})
 
 
+class EchoingFake(FakeTransport):
+    """A FakeTransport that also answers every RTU FC08 sub-function 0 request with its echo
+    (the fence's payload is fresh each time, so it cannot be scripted exactly)."""
+
+    async def send(self, item: bytes) -> None:
+        await super().send(item)
+        if item[1:4] == b"\x08\x00\x00" and bytes(item) not in self.script:
+            self.feed(bytes(item))
+
+
+def fences(writes: list[bytes]) -> list[bytes]:
+    return [w for w in writes if w[1:4] == b"\x08\x00\x00"]
+
+
 async def test_crc_error_is_retried_then_times_out() -> None:
     good = rtu(encode_read_discrete_inputs_response([True] + [False] * 15))
     bad = good[:-1] + bytes((good[-1] ^ 0xFF,))
     replies = [bad, good]
-    fake = FakeTransport({FC02_1000: lambda _req: replies.pop(0) if replies else bad})
+    fake = EchoingFake({FC02_1000: lambda _req: replies.pop(0) if replies else bad})
     client = ModbusClient(fake, framing=RTU, timeout=0.2)
     with anyio.fail_after(10):
         status = await client.analyser_status()
         assert status.fault
         assert client.statistics().checksum_errors == 1
         assert client.statistics().retries == 1
+        assert client.line.uncertain_addresses == (1,)  # the bad reply's attempt is uncertain
         with pytest.raises(ServomexTimeoutError) as info:
             await client.analyser_status()
     assert info.value.context.response == bad
     assert "CRC" in str(info.value)
-    assert len(fake.writes) == 2 + 3
+    # The second call is a new transaction after an uncertain attempt: fenced first.
+    assert len(fake.writes) == 2 + 1 + 3
+    (fence,) = fences(fake.writes)
+    assert fake.writes[2] == fence
+    assert fence[4:6] not in (b"\xab\xcd", b"\x00\x00")  # a fresh payload
+    assert client.statistics().fences == 1
 
 
 async def test_mismatched_reply_is_a_protocol_error() -> None:
@@ -582,6 +602,57 @@ async def test_identify_with_no_populated_slot_keeps_all_ten() -> None:
     assert info.channels == ()
     assert len(client.sweep_channels) == 10
     assert info.serial_settings.port == "fake://test"
+
+
+def map_script(regs: list[int], bits: list[bool]) -> dict[bytes, bytes]:
+    """Every FC04 read of the 70 registers and every FC02 read of the 80 channel discretes
+    and of the analyser block, answered from ``regs`` and ``bits`` (any plan is served)."""
+    script: dict[bytes, bytes] = {}
+    for start in range(70):
+        for count in range(1, 71 - start):
+            words = regs[start : start + count]
+            script[request_adu(RTU, 1, 4, start, count)] = rtu(
+                encode_read_input_registers_response(words)
+            )
+    for start in range(80):
+        for count in range(1, 81 - start):
+            script[request_adu(RTU, 1, 2, start, count)] = rtu(
+                encode_read_discrete_inputs_response(bits[start : start + count])
+            )
+    script[FC02_1000] = rtu(encode_read_discrete_inputs_response([False] * 16))
+    return script
+
+
+async def test_identify_lists_only_populated_slots() -> None:
+    """api.md §5: ``||||||`` with a blank unit is an empty slot; a unit or a label populates."""
+    channels = {
+        0: (20.5, b"O2    ", b"%\x00\x00\x00"),  # I1: label and unit → listed
+        1: (1.0, b"||||||", b"    "),  # I2: unlabelled, blank unit (spaces) → empty
+        2: (2.0, b"||||||", b"\x00\x00\x00\x00"),  # I3: unlabelled, blank unit (NULs) → empty
+        8: (4.0, b"||||||", b"mA\x00\x00"),  # E1: unlabelled with a unit → listed, name None
+        9: (0.5, b"Ext 2 ", b"    "),  # E2: a label, blank unit → listed
+    }
+    regs = registers(channels)
+    fake = FakeTransport(map_script(regs, [False] * 80))
+    client = ModbusClient(fake, framing=RTU)
+    with anyio.fail_after(10):
+        info = await client.identify()
+        listed = [(c.channel, c.name, c.unit) for c in info.channels]
+        assert listed == [
+            (I1, "O2", Unit.PERCENT),
+            (E1, None, Unit.MILLIAMP),
+            (E2, "Ext 2", Unit.UNKNOWN),
+        ]
+        assert client.sweep_channels == (I1, E1, E2)
+        del fake.writes[:]
+        frame = await client.poll()
+    assert frame.channels == (I1, E1, E2)  # the empty slots are not swept
+    assert frame.channel(E2).value == 0.5
+    assert frame.channel(E1).name is None
+    # The wire carries exactly the plan for the three populated slots.
+    plan = client.read_planner.plan((I1, E1, E2), include_analyser=True)
+    assert fake.writes == [request_adu(RTU, 1, r.function_code, r.address, r.count) for r in plan]
+    assert plan != client.read_planner.plan((I1, I2, I3, E1, E2), include_analyser=True)
 
 
 async def test_validation_before_any_io() -> None:
@@ -683,7 +754,7 @@ async def test_against_simulator(framing: ProtocolKind, address: int) -> None:
             assert [c.channel for c in info.channels] == [I1, I2, I3, E1, E2]
             assert info.channels[2].name == "CO₂"
             frame = await client.poll()
-            assert frame.channel(I1).value == 20.378000259399414
+            assert frame.channel(I1).value == 20.378
             assert frame.channel(I3).value == 0.25
             assert frame.channel(I3).name == "CO₂"
             assert frame.channel(E1).unit is Unit.MILLIAMP
@@ -721,3 +792,39 @@ async def test_simulator_rejecting_gaps_is_learned_once() -> None:
         request_adu(RTU, 1, 2, 0, 80),
         *learned[2:],
     ]
+
+
+@pytest.mark.parametrize("fenced", [True, False])
+async def test_late_reply_on_real_time(fenced: bool) -> None:
+    """issue 11 item 1 on the real clock (tests/test_late_reply.py runs the sweeps on virtual
+    time). I1's first reply is lost and its retry's held back 0.69 s, past the third attempt's
+    timeout, so the late I1 block arrives about 0.1 s into I2's read. Fenced, I2 reads its own
+    value; with the fence switched off (the private knob) it reads I1's — the bug. This test
+    sleeps for real (~2 s): it checks the rule against wall-clock scheduling; every timing
+    margin is at least 0.1 s, for a slow shared machine."""
+    from servomexlib.sim import RequestOutcome, Simulator
+
+    sim = Simulator(latency_s=0.02, seed=4)
+    sim.set_value(I1, 11.0)
+    sim.set_value(I2, -7.25)
+    client = ModbusClient(sim.transport(), framing=RTU, timeout=0.25)
+    client.line._fence_enabled = fenced
+    try:
+        with anyio.fail_after(20):
+            assert (await client.read_channel(I2)).value == -7.25
+            sim.drop_next(1)
+            sim.delay_next(0.6875)
+            with pytest.raises(ServomexTimeoutError):
+                await client.read_channel(I1)
+            reading = await client.read_channel(I2)
+    finally:
+        await client.aclose()
+    outcomes = [r.outcome for r in sim.requests[2:5]]
+    assert outcomes == [RequestOutcome.DROPPED, RequestOutcome.DELAYED, RequestOutcome.ANSWERED]
+    if fenced:
+        assert reading.value == -7.25
+        assert client.statistics().fences == 1
+        assert sim.requests[5].adu[1] == 0x08  # the fence went out before I2's read
+    else:
+        assert reading.value == 11.0
+        assert client.statistics().fences == 0

@@ -34,6 +34,7 @@ from servomexlib.devices.models import (
     SafetyTier,
     Sample,
     StreamMode,
+    ValueState,
     coerce_channel,
     idle_cal_groups,
 )
@@ -51,7 +52,9 @@ def reading(
     name: str | None = "Oxygen",
     unit: Unit = Unit.PERCENT,
     status: ChannelStatus | None = None,
+    value_state: ValueState | str | None = None,
 ) -> Reading:
+    extra: dict[str, Any] = {} if value_state is None else {"value_state": value_state}
     return Reading(
         channel=channel,
         kind=channel.kind,
@@ -63,6 +66,7 @@ def reading(
         received_at=T0,
         monotonic_ns=42,
         raw=b"I1;Oxygen;20.376; % ;    ;  ; ; ",
+        **extra,
     )
 
 
@@ -133,6 +137,11 @@ def frame(*readings: Reading, requested_at: datetime | None = None) -> Frame:
             {"BLOCK": "block", "DROP_NEWEST": "drop_newest", "DROP_OLDEST": "drop_oldest"},
         ),
         (ErrorPolicy, enum.Enum, {"RAISE": "raise", "RETURN": "return"}),
+        (
+            ValueState,
+            enum.StrEnum,
+            {"OK": "ok", "OVER_RANGE": "over_range", "INVALID": "invalid"},
+        ),
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )
@@ -237,6 +246,7 @@ def test_model_field_order() -> None:
         "received_at",
         "monotonic_ns",
         "raw",
+        "value_state",
     ]
     assert names(CalGroupState) == ["group", "calibrating", "cal_gas"]
     assert names(AnalyserStatus) == ["fault", "maintenance", "cal_groups", "clock"]
@@ -336,6 +346,134 @@ def test_reading_format() -> None:
     assert repr(r).startswith("Reading(channel=<ChannelId.I1: 'I1'>")
     assert f"{reading(value=None):.2f}" == "None"
     assert f"{reading(value=None)}" == repr(reading(value=None))
+
+
+@pytest.mark.parametrize(
+    ("value", "given", "state"),
+    [
+        (20.376, None, ValueState.OK),
+        (0.0, None, ValueState.OK),
+        (-0.0, None, ValueState.OK),
+        (None, None, ValueState.INVALID),
+        (None, ValueState.OVER_RANGE, ValueState.OVER_RANGE),
+        (None, "over_range", ValueState.OVER_RANGE),
+        (None, "invalid", ValueState.INVALID),
+        (3.0e38, "ok", ValueState.OK),
+    ],
+)
+def test_reading_value_state(
+    value: float | None, given: ValueState | str | None, state: ValueState
+) -> None:
+    r = reading(value=value, value_state=given)
+    assert r.value_state is state
+    assert (r.value is None) is (state is not ValueState.OK)
+
+
+@pytest.mark.parametrize(
+    ("value", "given", "match"),
+    [
+        (20.376, ValueState.OVER_RANGE, "contradicts"),
+        (20.376, ValueState.INVALID, "contradicts"),
+        (None, ValueState.OK, "contradicts"),
+        (None, "ok", "contradicts"),
+        (None, "overrange", "unknown value_state"),
+        (float("nan"), None, "not a finite number"),
+        (float("inf"), None, "not a finite number"),
+        (float("-inf"), ValueState.OK, "not a finite number"),
+        (True, None, "not a finite number"),
+        ("20.1", None, "not a finite number"),
+    ],
+)
+def test_reading_refuses_a_value_and_state_that_disagree(
+    value: Any, given: Any, match: str
+) -> None:
+    with pytest.raises(ServomexValidationError, match=match) as info:
+        reading(ChannelId.I3, value, value_state=given)
+    assert "channel I3" in str(info.value)
+
+
+def test_reading_positional_construction_old_and_new() -> None:
+    args = (
+        ChannelId.I2,
+        ChannelKind.TRANSDUCER,
+        "CO",
+        0.084,
+        Unit.PERCENT,
+        ChannelStatus(),
+        ProtocolKind.MODBUS_RTU,
+        T0,
+        7,
+        b"",
+    )
+    old = Reading(*args)  # the 10 fields of earlier versions
+    assert old.value_state is ValueState.OK
+    assert Reading(*args, ValueState.OK) == old
+    over = Reading(
+        ChannelId.I2,
+        ChannelKind.TRANSDUCER,
+        "CO",
+        None,
+        Unit.PERCENT,
+        ChannelStatus(),
+        ProtocolKind.MODBUS_RTU,
+        T0,
+        7,
+        b"",
+        ValueState.OVER_RANGE,
+    )
+    assert over.value is None
+    assert over.value_state is ValueState.OVER_RANGE
+
+
+def test_dataclasses_replace_keeps_the_invariant() -> None:
+    r = reading(value=20.376)
+    with pytest.raises(ServomexValidationError, match="contradicts"):
+        dataclasses.replace(r, value=None)
+    over = dataclasses.replace(r, value=None, value_state=ValueState.OVER_RANGE)
+    assert over.value_state is ValueState.OVER_RANGE
+    assert dataclasses.replace(over, name="O2").value_state is ValueState.OVER_RANGE
+    assert pickle.loads(pickle.dumps(over)) == over
+
+
+@pytest.mark.parametrize(
+    ("value", "state", "status", "ok"),
+    [
+        (20.376, None, ChannelStatus(), True),
+        (20.376, None, ChannelStatus(calibrating=True, warming_up=True), True),
+        (20.376, None, ChannelStatus(fault=True), False),
+        (20.376, None, ChannelStatus(alarms=(False, True, False, False)), False),
+        (None, ValueState.OVER_RANGE, ChannelStatus(), False),
+        (None, ValueState.INVALID, ChannelStatus(), False),
+        (None, ValueState.INVALID, ChannelStatus(fault=True), False),
+    ],
+)
+def test_reading_ok_needs_a_good_status_and_a_value(
+    value: float | None, state: ValueState | None, status: ChannelStatus, ok: bool
+) -> None:
+    r = reading(value=value, value_state=state, status=status)
+    assert r.ok is ok
+    assert r.as_dict()["ok"] == int(ok)
+    s = Sample("d", r.channel, r, ProtocolKind.CONTINUOUS_ASCII, 1, T0)
+    assert s.ok is ok
+    assert s.value_state is r.value_state
+
+
+def test_reading_as_dict_and_format_of_an_over_range_reading() -> None:
+    r = reading(value=None, value_state=ValueState.OVER_RANGE)
+    row = r.as_dict()
+    assert "value_state" not in row  # as_dict keeps the keys of api.md §2
+    assert row["value"] is None
+    assert row["ok"] == 0
+    assert f"{r:.2f}" == "None"
+
+
+def test_fast_reading_builder_equals_the_constructor() -> None:
+    public = reading(ChannelId.I2, None, value_state=ValueState.OVER_RANGE)
+    fields = [getattr(public, f.name) for f in dataclasses.fields(Reading)]
+    built = models._build_reading(*fields)
+    assert built == public
+    assert type(built) is Reading
+    assert built.value_state is ValueState.OVER_RANGE
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +576,8 @@ def test_error_sample() -> None:
     s = Sample("d", None, None, ProtocolKind.MODBUS_RTU, 1, T0, error=err)
     assert s.value is None
     assert s.unit is None
+    assert s.value_state is None
+    assert s.ok is False
     assert s.error is err
     assert pickle.loads(pickle.dumps(s)).error.message == "no response"
 

@@ -1,4 +1,5 @@
-"""The curated public surface: exactly the names of api.md §0 (plus the offline decoders)."""
+"""The curated public surface: exactly the names of api.md §0 (plus the offline decoders and
+``ValueState``, exported per api.md §2)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ SPEC_NAMES = {
     "Transport",
     "Unit",
     "UnitKind",
+    "ValueState",
     "open_continuous",
     "open_device",
     "record",

@@ -169,6 +169,14 @@ async def test_the_wait_for_the_rest_is_bounded_by_the_longest_frame() -> None:
 # --------------------------------------------------------------------------- timestamps
 
 
+#: The fake's line rate is fictitious and it hands over whatever is fed at once. Bytes that
+#: arrive faster than the line carries them were waiting before the receiver started, and the
+#: receiver rightly drops them as a backlog (tests/test_backlog.py). So these tests let the
+#: wire time of what they feed pass after the start, for real, before feeding it.
+async def wire_time_since_start(seconds: float) -> None:
+    await anyio.sleep(seconds)
+
+
 async def test_a_frame_followed_by_more_bytes_is_stamped_at_its_own_end() -> None:
     char_time = 0.001
     fake = FakeTransport(char_time_s=char_time)
@@ -179,6 +187,7 @@ async def test_a_frame_followed_by_more_bytes_is_stamped_at_its_own_end() -> Non
         async with anyio.create_task_group() as tg:
             await client.start(tg)
             samples, token = client.subscribe("d")
+            await wire_time_since_start(len(first + second + trailing) * char_time + 0.05)
             before_ns = time.monotonic_ns()
             fake.feed(first + second + trailing)
             got = [await samples.receive() for _ in range(4)]  # 2 readings per frame
@@ -200,15 +209,18 @@ async def test_a_frame_followed_by_more_bytes_is_stamped_at_its_own_end() -> Non
 
 
 async def test_stamps_never_go_before_the_previous_read() -> None:
-    fake = FakeTransport(char_time_s=0.01)  # a slow line: 40 bytes are 0.4 s of wire time
+    char_time = 0.005  # a slow line: 40 bytes are 0.2 s of wire time
+    fake = FakeTransport(char_time_s=char_time)
     client = ContinuousClient(fake, frame_period=0.5)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await client.start(tg)
+            # Time for both feeds below at the line rate (a frame is 107 bytes).
+            await wire_time_since_start((2 * 107 + 40) * char_time)
             fake.feed(frame(20.0))
             one = await client.wait_frame(timeout=5)
             # Right after that read, a frame arrives with 40 bytes behind it: its computed end
-            # (0.4 s back) would be before the previous read, so it is clamped to that read.
+            # (0.2 s back) would be before the previous read, so it is clamped to that read.
             fake.feed(frame(21.0) + frame(22.0)[:40])
             two = await client.wait_frame(timeout=5)
             assert two.channel("I1").value == 21.0

@@ -341,3 +341,106 @@ async def test_auto_reconnect_with_factory_resumes() -> None:
     # 0.5 s backoff at 20 Hz: the lost tick plus the skipped slots are late
     assert s.samples_emitted + s.samples_late == 20
     assert s.samples_late >= 10
+
+
+# --- outages: one disconnect each, and how long they lasted (issue 11 item 9) ---------------
+
+
+class WindowSource(CountingSource):
+    """Fails with ServomexConnectionError while the time since its first poll is inside one of
+    ``windows`` (seconds, on anyio's clock); notes when polls fail and succeed."""
+
+    def __init__(self, windows: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.windows = windows
+        self.origin: float | None = None
+        self.failures: list[float] = []
+        self.successes: list[float] = []
+
+    async def poll_samples(
+        self, *, names: Sequence[str] | None = None, timeout: float | None = None
+    ) -> list[Sample]:
+        now = anyio.current_time()
+        if self.origin is None:
+            self.origin = now
+        t = now - self.origin
+        if any(lo <= t < hi for lo, hi in self.windows):
+            self.failures.append(now)
+            raise ServomexConnectionError("port vanished")
+        batch = await super().poll_samples(names=names, timeout=timeout)
+        self.successes.append(anyio.current_time())
+        return batch
+
+    def outages(self) -> list[float]:
+        """Seconds from each outage's first failure to the next success."""
+        spans, begun = [], None
+        events = sorted([(t, False) for t in self.failures] + [(t, True) for t in self.successes])
+        for t, ok in events:
+            if not ok and begun is None:
+                begun = t
+            elif ok and begun is not None:
+                spans.append(t - begun)
+                begun = None
+        return spans
+
+
+async def test_one_outage_is_one_disconnect_however_many_attempts() -> None:
+    # Down from 0.2 s to 1.3 s: the retry 0.5 s after the first error fails too, the one
+    # after another 1 s succeeds: two absorbed errors, one outage of ~1.5 s.
+    source = WindowSource([(0.2, 1.3)])
+    with anyio.fail_after(15):
+        async with record(source, rate_hz=20, duration=4.0, auto_reconnect=True) as rec:
+            batches = await collect(rec.stream)
+    s = rec.summary
+    assert len(source.failures) >= 2
+    assert s.disconnects == 1
+    (span,) = source.outages()
+    assert s.outage_s == pytest.approx(span, abs=0.02)
+    assert 1.1 <= s.outage_s <= 0.5 + 1.0 + 2.0 + 0.2  # the outage, to the backoff's grain
+    assert s.samples_emitted == len(batches)
+    assert s.samples_emitted + s.samples_late == 80
+
+
+async def test_two_outages_are_two_disconnects() -> None:
+    source = WindowSource([(0.2, 0.4), (1.5, 1.7)])
+    with anyio.fail_after(15):
+        async with record(source, rate_hz=20, duration=3.0, auto_reconnect=True) as rec:
+            await collect(rec.stream)
+    s = rec.summary
+    assert s.disconnects == 2
+    spans = source.outages()
+    assert len(spans) == 2
+    assert s.outage_s == pytest.approx(sum(spans), abs=0.02)
+    assert s.samples_emitted + s.samples_late == 60
+
+
+async def test_an_outage_at_the_end_counts_up_to_the_end_and_stops_the_backoff() -> None:
+    # Down from 0.3 s for good. The backoff steps 0.5 + 1 + 2 s end at ~3.8 s; the next one
+    # (5 s) would run to ~8.8 s: the recording ends at its 4 s instead, the slots it did not
+    # poll counted late, the outage counted up to the end.
+    source = WindowSource([(0.3, 1e9)])
+    with anyio.fail_after(15):
+        began = anyio.current_time()
+        async with record(source, rate_hz=10, duration=4.0, auto_reconnect=True) as rec:
+            seen = rec.summary
+            await collect(rec.stream)
+        ended = anyio.current_time()
+    s = rec.summary
+    assert seen is s  # the live object
+    assert ended - began < 4.0 + 0.5
+    assert s.disconnects == 1
+    assert s.outage_s == pytest.approx(ended - source.failures[0], abs=0.3)
+    assert s.samples_emitted + s.samples_late == 40
+    assert s.samples_emitted == len(source.successes)
+
+
+async def test_outage_s_is_updated_while_the_outage_lasts() -> None:
+    source = WindowSource([(0.1, 1e9)])
+    with anyio.fail_after(15):
+        async with record(source, rate_hz=10, duration=2.5, auto_reconnect=True) as rec:
+            await anyio.sleep(1.0)  # real: inside the outage, after the first retry
+            during = (rec.summary.disconnects, rec.summary.outage_s)
+            await collect(rec.stream)
+    assert during[0] == 1
+    assert 0.4 <= during[1] < 1.0  # counted up to the last retry, not left at 0
+    assert rec.summary.outage_s > during[1]

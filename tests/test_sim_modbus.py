@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -354,6 +355,38 @@ async def test_tcp_serving_vanish_and_return_on_the_same_port() -> None:
                     await anyio.sleep(0.02)
             assert await exchange(again, request, expect=8) == request
             await again.aclose()
+
+
+@pytest.mark.anyio
+async def test_tcp_serving_on_a_busy_port_is_one_clear_error() -> None:
+    """``servomex simulate --tcp PORT`` on a port in use: one ServomexConnectionError naming
+    tcp://HOST:PORT, raised by serve_tcp itself and out of ``async with`` — no exception
+    group; the line keeps working."""
+    with contextlib.closing(socket.socket()) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        async def serve_busy_port_twice() -> None:
+            async with Simulator(realtime=False) as sim:
+                with pytest.raises(ServomexConnectionError) as caught:
+                    await sim.serve_tcp(port=port)
+                inside.append(caught.value)
+                # still serving: another port works
+                host, other = await sim.serve_tcp()
+                probe = await anyio.connect_tcp(host, other)
+                await probe.aclose()
+                await sim.serve_tcp(port=port)  # this time out of `async with`
+
+        inside: list[ServomexConnectionError] = []
+        with anyio.fail_after(10), pytest.raises(ServomexConnectionError) as outside:
+            await serve_busy_port_twice()
+    for error in (*inside, outside.value):
+        assert type(error) is ServomexConnectionError
+        assert str(error).startswith(f"could not listen on tcp://127.0.0.1:{port}: ")
+        assert error.context.port == f"tcp://127.0.0.1:{port}"
+        assert isinstance(error.__cause__, OSError)
+    assert len(inside) == 1
 
 
 async def drain(stream: anyio.abc.ByteStream) -> None:

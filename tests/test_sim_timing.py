@@ -9,7 +9,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from servomexlib.sim import RequestOutcome, Simulator, silence_drop_probability
+from servomexlib.errors import ServomexConfigurationError, ServomexValidationError
+from servomexlib.sim import RequestOutcome, SimLine, Simulator, silence_drop_probability
 from servomexlib.sim.model import rtu_adu
 
 FC04_70 = bytes.fromhex("010400000046 71F8".replace(" ", ""))
@@ -224,3 +225,123 @@ async def test_same_seed_same_transcript_live() -> None:
         other = await transcript_live(4)
     assert first == second
     assert first != other
+
+
+# -- fault injection on the line's timeline (pure: synthetic times, no sleeping) -------------
+
+FC04_I1 = rtu_adu(1, bytes.fromhex("0400000007"))
+FC04_I2 = rtu_adu(1, bytes.fromhex("0400070007"))
+
+
+@pytest.mark.parametrize("realtime", [False, True])
+def test_delayed_reply_keeps_later_replies_behind_it(realtime: bool) -> None:
+    """One UART: a reply held back 0.5 s delays the reply to the next request too, in both
+    modes, and the second request is still received (and answered) at once."""
+    sim = Simulator(realtime=realtime, silence_drop=False, latency_s=0.02)
+    sim.set_value("I1", 1.0)
+    sim.set_value("I2", 2.0)
+    line = sim.line
+    consumer = line.attach(0.0)
+    sim.delay_next(0.5)
+    line.feed(FC04_I1, 10.0)
+    line.feed(FC04_I2, 10.1)  # asked while the first reply is still held back
+    assert sim.request_count == 2
+    first, second = (r.reply for r in sim.requests)
+    assert first is not None
+    assert second is not None
+    assert [(r.outcome, r.delay_s) for r in sim.requests] == [
+        (RequestOutcome.DELAYED, 0.5),
+        (RequestOutcome.ANSWERED, 0.0),
+    ]
+    assert consumer.take(10.45, 1 << 16) == b""  # nothing overtakes the late reply
+    assert consumer.take(11.0, 1 << 16) == first + second  # in order, back to back
+    starts = sorted(start for start, _ in line._activity if start > 10.2)
+    first_start = 10.0 + (8 * sim.char_time + 0.02 if realtime else 0.0) + 0.5
+    assert starts[0] == pytest.approx(first_start)
+    if realtime:  # the second reply starts when the first has ended
+        assert starts[1] == pytest.approx(first_start + len(first) * sim.char_time)
+
+
+def test_lost_replies_are_seeded_and_counted() -> None:
+    def outcomes(seed: int) -> list[RequestOutcome]:
+        sim = Simulator(realtime=False, seed=seed)
+        sim.lose_replies(0.3)
+        consumer = sim.line.attach(0.0)
+        for i in range(200):
+            sim.line.feed(FC04_I1, float(i))
+        sent = consumer.take(1000.0, 1 << 20)
+        answered = [r for r in sim.requests if r.outcome is RequestOutcome.ANSWERED]
+        assert len(sent) == 19 * len(answered)
+        assert sim.request_count == 200  # lost replies: the requests were still received
+        return [r.outcome for r in sim.requests]
+
+    first, again, other = outcomes(1), outcomes(1), outcomes(2)
+    assert first == again
+    assert first != other
+    assert 0.2 < first.count(RequestOutcome.DROPPED) / 200 < 0.4
+
+
+def test_request_counter_channel() -> None:
+    sim = Simulator(realtime=False)
+    sim.count_requests("I1")
+    consumer = sim.line.attach(0.0)
+    sim.line.feed(LOOPBACK, 1.0)  # any addressed request counts
+    sim.line.feed(rtu_adu(2, bytes.fromhex("0400000007")), 2.0)  # another slave's: not ours
+    sim.line.feed(FC04_I1, 3.0)
+    consumer.take(3.0, 1 << 16)
+    reply = sim.requests[-1].reply
+    assert reply is not None
+    assert reply[3:7] == bytes.fromhex("40000000")  # 2.0: the second request it received
+    assert sim.request_count == 2
+    sim.count_requests(None)
+    sim.line.feed(FC04_I1, 4.0)
+    assert sim.requests[-1].reply == reply  # stopped: the value stays at 2.0
+
+
+def test_fault_injection_arguments_are_validated() -> None:
+    sim = Simulator(realtime=False)
+    for bad in (-0.1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ServomexValidationError):
+            sim.delay_next(bad)  # type: ignore[arg-type]
+    with pytest.raises(ServomexValidationError):
+        sim.delay_next(0.1, n=-1)
+    for fraction in (-0.1, 1.5, True):
+        with pytest.raises(ServomexValidationError):
+            sim.lose_replies(fraction)
+    with pytest.raises(ServomexValidationError):
+        sim.count_requests("I4")  # not simulated
+    with pytest.raises(ServomexValidationError):
+        Simulator(line_clock=1.0)  # type: ignore[arg-type]
+
+
+def test_line_clock_is_injectable_and_shared_by_a_multidrop_line() -> None:
+    now = [100.0]
+
+    def clock() -> float:
+        return now[0]
+
+    a = Simulator(realtime=False, line_clock=clock)
+    b = Simulator(realtime=False, address=2, line_clock=clock)
+    line = SimLine(a, b)
+    assert line.now() == 100.0
+    now[0] = 101.5
+    assert a.now() == b.now() == 101.5
+    with pytest.raises(ServomexValidationError):
+        SimLine(a, Simulator(realtime=False, address=3))  # the host clock: another timeline
+    with pytest.raises(ServomexConfigurationError):
+        Simulator(line_clock=anyio.current_time)  # needs a running event loop
+
+
+@pytest.mark.anyio
+async def test_simulator_on_the_event_loops_clock() -> None:
+    """line_clock=anyio.current_time: the line runs on the event loop's clock."""
+    sim = Simulator(latency_s=0.02, line_clock=anyio.current_time)
+    stream = sim.open_stream()
+    with anyio.fail_after(5):
+        started = anyio.current_time()
+        await stream.send(LOOPBACK)
+        reply, _ = await read_n(stream, 8)
+    assert reply == LOOPBACK
+    assert sim.now() - started >= 16 * sim.char_time + 0.02
+    assert sim.requests[0].time == pytest.approx(started, abs=0.01)
+    await stream.aclose()

@@ -123,7 +123,7 @@ def test_csv_survives_sigkill(tmp_path: Path, backend: str) -> None:
         rows = list(csv.reader(f))
     header = rows[0]
     assert header[0] == "device"
-    assert all(len(row) == 21 for row in rows)
+    assert all(len(row) == 22 for row in rows)
     check_prefix([int(row[header.index("monotonic_ns")]) for row in rows[1:]], reported)
 
 

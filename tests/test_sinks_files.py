@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from servomexlib.devices.models import Sample
 from servomexlib.errors import ServomexSinkSchemaError, ServomexSinkWriteError
 from servomexlib.sinks import CsvSink, InMemorySink, JsonlSink, Sink, rotated_paths
 from sink_samples import (
     COLUMNS,
+    LEGACY_COLUMNS,
     as_csv_fields,
     batches,
     error_only_batch,
@@ -109,6 +112,65 @@ async def test_csv_refuses_a_different_header_and_keeps_the_file(tmp_path: Path)
     assert "overwrite=True" in message
     assert path.read_bytes() == b"time,value\r\n1,2\r\n"
     assert not sink.is_open
+
+
+async def test_csv_different_header_error_carries_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_bytes(b"time,value\r\n1,2\r\n")
+    with pytest.raises(ServomexSinkSchemaError) as info:
+        await CsvSink(path).open()
+    assert info.value.context.extra["path"] == str(path)
+    assert info.value.context.extra["header"] == "different"
+
+
+def _legacy_csv(path: Path, samples: list[Sample]) -> bytes:
+    """A CSV as versions before value_state wrote it: the 21 older columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(LEGACY_COLUMNS)
+    for sample in samples:
+        writer.writerow(as_csv_fields(expected_row(sample))[:21])
+    data = buffer.getvalue().encode("utf-8")
+    path.write_bytes(data)
+    return data
+
+
+async def test_csv_refuses_to_append_to_an_older_21_column_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    before = _legacy_csv(path, make_samples(4))
+    sink = CsvSink(path)
+    with pytest.raises(ServomexSinkSchemaError) as info:
+        await sink.open()
+    message = str(info.value)
+    assert str(path) in message
+    assert "older version" in message
+    assert "21 columns" in message
+    assert "value_state" in message
+    assert "overwrite=True" in message  # how to proceed (or another path)
+    assert info.value.context.extra["path"] == str(path)
+    assert info.value.context.extra["header"] == "older"
+    assert path.read_bytes() == before  # nothing added, nothing truncated
+    assert not sink.is_open
+    # With overwrite=True it is replaced by a file of the current schema.
+    async with CsvSink(path, overwrite=True) as sink:
+        await sink.write_many(make_samples(2))
+    rows = read_csv(path)
+    assert rows[0] == COLUMNS
+    assert [len(r) for r in rows] == [22] * 3
+
+
+async def test_csv_rows_carry_value_state_and_ok(tmp_path: Path) -> None:
+    path = tmp_path / "states.csv"
+    samples = make_samples(40)
+    async with CsvSink(path) as sink:
+        await sink.write_many(samples)
+    rows = [dict(zip(COLUMNS, r, strict=True)) for r in read_csv(path)[1:]]
+    states = {(r["value"] == "", r["value_state"], r["ok"]) for r in rows if not r["error"]}
+    # Every row without a value says why and is not ok; a row with a value is "ok".
+    assert (True, "over_range", "0") in states
+    assert (True, "invalid", "0") in states
+    assert {s for s in states if s[0]} == {(True, "over_range", "0"), (True, "invalid", "0")}
+    assert {s[1] for s in states if not s[0]} == {"ok"}
 
 
 async def test_csv_refuses_a_file_that_is_not_utf8_csv(tmp_path: Path) -> None:
@@ -218,6 +280,10 @@ async def test_jsonl_round_trips_100k_samples(tmp_path: Path) -> None:
     assert rows[96]["error"] is not None  # an error sample
     assert rows[96]["value"] is None
     assert rows[96]["ok"] is None
+    assert rows[96]["value_state"] is None
+    assert list(rows[0])[-1] == "value_state"
+    assert {r["value_state"] for r in rows} == {"ok", "over_range", "invalid", None}
+    assert all(r["ok"] is False for r in rows if r["value_state"] in ("over_range", "invalid"))
 
 
 async def test_jsonl_appends(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from servomexlib.errors import (
 from servomexlib.sinks import PostgresConfig, PostgresSink
 from sink_samples import (
     COLUMNS,
+    LEGACY_COLUMNS,
     batches,
     error_only_batch,
     expected_row,
@@ -259,6 +260,46 @@ async def test_postgres_existing_table_with_other_columns(
         }
         for i, e in enumerate(expected_row(s) for s in samples)
     ]
+
+
+@pytest.mark.parametrize("use_copy", [True, False])
+async def test_postgres_older_21_column_table_gets_rows_and_one_warning(
+    dsn: str, table: str, caplog: pytest.LogCaptureFixture, use_copy: bool
+) -> None:
+    types = {"value": "double precision", "latency_s": "double precision"}
+    types.update({"monotonic_ns": "bigint", **dict.fromkeys(COLUMNS[6:15], "boolean")})
+    columns = ", ".join(f"{c} {types.get(c, 'text')}" for c in LEGACY_COLUMNS)
+    await execute(dsn, f'CREATE TABLE "{table}" ({columns})')
+    samples = make_samples(120)
+    config = PostgresConfig(dsn=dsn, table=table, use_copy=use_copy)
+    with caplog.at_level(logging.WARNING, logger="servomexlib.sinks"):
+        async with PostgresSink(config) as sink:
+            assert sink.columns == tuple(LEGACY_COLUMNS)
+            assert sink._encode_copy is True  # still the declared types: the fast COPY path
+            await sink.write_many(samples[:60])
+            await sink.write_many(samples[60:])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "'value_state'" in warnings[0]
+    assert "older version" in warnings[0]
+
+    async def read(conn: Any) -> list[dict[str, Any]]:
+        cols = ", ".join(LEGACY_COLUMNS)
+        return record_rows(await conn.fetch(f'SELECT {cols} FROM "{table}" ORDER BY monotonic_ns'))
+
+    rows = await db(dsn, read)
+    want = [{k: v for k, v in expected_row(s).items() if k != "value_state"} for s in samples]
+    assert rows == want
+    assert all(r["ok"] is False for r in rows if r["value"] is None and r["error"] is None)
+
+
+async def test_postgres_stores_value_state(dsn: str, table: str) -> None:
+    samples = make_samples(100)
+    async with PostgresSink(PostgresConfig(dsn=dsn, table=table, create_table=True)) as sink:
+        await sink.write_many(samples)
+    rows = await fetch_all(dsn, table)
+    assert [r["value_state"] for r in rows] == [expected_row(s)["value_state"] for s in samples]
+    assert {r["value_state"] for r in rows} == {"ok", "over_range", "invalid", None}
 
 
 async def test_postgres_table_of_other_types_is_written_through_asyncpg_codecs(

@@ -20,31 +20,34 @@ from servomexlib.devices.models import (
     ProtocolKind,
     Reading,
     Sample,
+    ValueState,
 )
 from servomexlib.errors import ErrorContext, ServomexChecksumError
 from servomexlib.sinks import COLUMNS as LIB_COLUMNS
 from servomexlib.sinks import SCHEMA, ColumnType, sample_to_row, sample_to_values
 from servomexlib.sinks.csv import csv_text
 from servomexlib.sinks.jsonl import json_text
+from servomexlib.sinks.schema import LEGACY_COLUMNS as LIB_LEGACY_COLUMNS
 from servomexlib.sinks.schema import batch_columns
 from servomexlib.units import Unit
-from sink_samples import COLUMNS, expected_row, make_samples
+from sink_samples import COLUMNS, LEGACY_COLUMNS, expected_row, make_samples
 
 RECEIVED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
-def _reading_sample() -> Sample:
+def _reading_sample(value: float | None = 0.012, state: ValueState = ValueState.OK) -> Sample:
     reading = Reading(
         channel=ChannelId.I2,
         kind=ChannelKind.TRANSDUCER,
         name="CO",
-        value=0.012,
+        value=value,
         unit=Unit.PERCENT,
         status=ChannelStatus(fault=False, calibrating=True, alarms=(False, True, False, False)),
         protocol=ProtocolKind.MODBUS_RTU,
         received_at=RECEIVED,
         monotonic_ns=42,
         raw=b"\x00" * 14,
+        value_state=state,
     )
     return Sample(
         device="north",
@@ -59,8 +62,10 @@ def _reading_sample() -> Sample:
     )
 
 
-def test_schema_declares_the_21_columns_of_the_spec_in_order() -> None:
+def test_schema_declares_the_22_columns_of_the_spec_in_order() -> None:
     assert list(LIB_COLUMNS) == COLUMNS
+    assert len(COLUMNS) == 22
+    assert LIB_LEGACY_COLUMNS == tuple(COLUMNS[:21]) == tuple(LEGACY_COLUMNS)
     types = {c.name: c.type for c in SCHEMA}
     assert types["value"] is ColumnType.FLOAT
     assert types["latency_s"] is ColumnType.FLOAT
@@ -69,7 +74,8 @@ def test_schema_declares_the_21_columns_of_the_spec_in_order() -> None:
         assert types[name] is ColumnType.BOOL
     for name in ("device", "channel", "kind", "name", "unit", "protocol", "received_at"):
         assert types[name] is ColumnType.TEXT
-    assert [types[n] for n in ("requested_at", "error")] == [ColumnType.TEXT] * 2
+    assert [types[n] for n in ("requested_at", "error", "value_state")] == [ColumnType.TEXT] * 3
+    assert all(c.nullable for c in SCHEMA if c.name == "value_state")
     assert ColumnType.BOOL.sqlite == "INTEGER"
     assert ColumnType.FLOAT.postgres == "double precision"
 
@@ -99,6 +105,7 @@ def test_sample_to_row_of_a_reading() -> None:
         "requested_at": "2026-01-02T03:04:05.678901+00:00",
         "latency_s": 0.0315,
         "error": None,
+        "value_state": "ok",
     }
 
 
@@ -114,12 +121,67 @@ def test_sample_to_row_of_an_error_sample() -> None:
         error=error,
     )
     row = sample_to_row(sample)
-    for name in COLUMNS[1:15]:
+    for name in [*COLUMNS[1:15], "value_state"]:
         assert row[name] is None, name
     assert row["error"] == "bad checksum [port=/dev/ttyS0]" == str(error)
     assert row["protocol"] == "continuous"
     assert row["requested_at"] is None
     assert row["latency_s"] is None
+
+
+def _good_status_sample(value: float | None, state: ValueState) -> Sample:
+    reading = Reading(
+        ChannelId.I1,
+        ChannelKind.TRANSDUCER,
+        "Oxygen",
+        value,
+        Unit.PERCENT,
+        ChannelStatus(),
+        ProtocolKind.CONTINUOUS_ASCII,
+        RECEIVED,
+        1,
+        b"",
+        state,
+    )
+    return Sample("d", ChannelId.I1, reading, ProtocolKind.CONTINUOUS_ASCII, 1, RECEIVED)
+
+
+def test_ok_column_needs_a_good_status_and_a_value() -> None:
+    # Issue 11 item 6: an over-range reading used to be stored as value empty, ok=1.
+    cases = [
+        (20.95, ValueState.OK, True, "ok"),
+        (None, ValueState.OVER_RANGE, False, "over_range"),
+        (None, ValueState.INVALID, False, "invalid"),
+    ]
+    for value, state, ok, text in cases:
+        row = sample_to_row(_good_status_sample(value, state))
+        assert (row["value"], row["ok"], row["value_state"]) == (value, ok, text)
+        assert row["fault"] is False
+    # The status still counts when there is a value.
+    assert sample_to_row(_reading_sample())["ok"] is False  # alarm 2
+    over = sample_to_row(_reading_sample(None, ValueState.OVER_RANGE))
+    assert sample_to_row(_reading_sample(None, ValueState.INVALID))["value_state"] == "invalid"
+    assert (over["value"], over["ok"], over["value_state"]) == (None, False, "over_range")
+
+
+def test_row_values_for_a_batch_mixing_states() -> None:
+    samples = [
+        _good_status_sample(1.5, ValueState.OK),
+        _good_status_sample(None, ValueState.OVER_RANGE),
+        _good_status_sample(None, ValueState.INVALID),
+    ]
+    columns = dict(zip(COLUMNS, batch_columns(samples), strict=True))
+    assert columns["ok"] == [True, False, False]
+    assert columns["value_state"] == ["ok", "over_range", "invalid"]
+    csv_lines = csv_text(batch_columns(samples)).splitlines()
+    assert [line.rsplit(",", 1)[1] for line in csv_lines] == ["ok", "over_range", "invalid"]
+    assert [line.split(",")[6] for line in csv_lines] == ["1", "0", "0"]
+    json_rows = [json.loads(line) for line in json_text(batch_columns(samples)).splitlines()]
+    assert [(r["value"], r["ok"], r["value_state"]) for r in json_rows] == [
+        (1.5, True, "ok"),
+        (None, False, "over_range"),
+        (None, False, "invalid"),
+    ]
 
 
 def test_rows_hold_native_types_only() -> None:
@@ -166,6 +228,7 @@ def _rows(draw: st.DrawFn) -> tuple[Any, ...]:
         draw(st.one_of(st.none(), st.just(RECEIVED.isoformat()))),
         draw(_float),  # latency_s
         draw(_text),  # error
+        draw(st.one_of(st.none(), st.sampled_from([v.value for v in ValueState]))),
     )
 
 
@@ -214,7 +277,7 @@ def test_numbers_that_compare_equal_keep_their_own_text() -> None:
 def test_batch_columns_equal_the_rows_of_sample_to_values() -> None:
     samples = make_samples(40)
     columns = batch_columns(samples)
-    assert len(columns) == 21
+    assert len(columns) == 22
     assert [tuple(row) for row in zip(*columns, strict=True)] == [
         sample_to_values(s) for s in samples
     ]

@@ -17,6 +17,7 @@ from servomexlib.errors import (
 from servomexlib.sinks import SqliteSink, rotated_paths
 from sink_samples import (
     COLUMNS,
+    LEGACY_COLUMNS,
     as_sqlite_row,
     batches,
     error_only_batch,
@@ -149,6 +150,61 @@ async def test_sqlite_existing_table_with_other_columns(
     dropped = [r for r in caplog.records if "has no column" in r.getMessage()]
     assert len(dropped) == len(COLUMNS) - 4  # one warning per missing column, not per batch
     assert any("'latency_s'" in r.getMessage() for r in dropped)
+
+
+def _legacy_table_sql(table: str = "samples") -> str:
+    """The table of versions before value_state: the 21 older columns, their declared types."""
+    types = {"value": "REAL", "latency_s": "REAL", "monotonic_ns": "INTEGER"}
+    types.update(dict.fromkeys(COLUMNS[6:15], "INTEGER"))
+    columns = ", ".join(f"{c} {types.get(c, 'TEXT')}" for c in LEGACY_COLUMNS)
+    return f"CREATE TABLE {table} ({columns})"
+
+
+@pytest.mark.parametrize("create_table", [True, False])
+async def test_sqlite_older_21_column_table_gets_rows_and_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, create_table: bool
+) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute(_legacy_table_sql())
+    conn.commit()
+    conn.close()
+    samples = make_samples(30)
+    with caplog.at_level(logging.WARNING, logger="servomexlib.sinks"):
+        async with SqliteSink(path, create_table=create_table) as sink:
+            assert sink.columns == tuple(LEGACY_COLUMNS)
+            await sink.write_many(samples[:10])
+            await sink.write_many(samples[10:])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # reported once, not per batch
+    assert "'value_state'" in warnings[0]
+    assert "older version" in warnings[0]
+    assert "ADD COLUMN value_state TEXT" in warnings[0]
+    rows = fetch(path, f"SELECT {', '.join(LEGACY_COLUMNS)} FROM samples ORDER BY rowid")
+    assert rows == [as_sqlite_row(expected_row(s))[:21] for s in samples]
+    # ok already follows the new rule: a row without a value is never ok.
+    assert all(r[6] == 0 for r in rows if r[4] is None)
+    assert [c[1] for c in fetch(path, "PRAGMA table_info(samples)")] == LEGACY_COLUMNS
+
+
+async def test_sqlite_value_state_column(tmp_path: Path) -> None:
+    path = tmp_path / "vs.db"
+    samples = make_samples(100)  # sample 96 is an error sample
+    async with SqliteSink(path) as sink:
+        await sink.write_many(samples)
+    declared = {r[1]: r[2] for r in fetch(path, "PRAGMA table_info(samples)")}
+    assert declared["value_state"] == "TEXT"
+    assert list(declared)[-1] == "value_state"
+    got = fetch(path, "SELECT value IS NULL, value_state, ok FROM samples WHERE error IS NULL")
+    assert {(bool(n), state, ok) for n, state, ok in got} == {
+        (False, "ok", 0),
+        (False, "ok", 1),
+        (True, "over_range", 0),
+        (True, "invalid", 0),
+    }
+    assert fetch(path, "SELECT DISTINCT value_state FROM samples WHERE error IS NOT NULL") == [
+        (None,)
+    ]
 
 
 async def test_sqlite_existing_table_with_an_extra_column_gets_null(tmp_path: Path) -> None:

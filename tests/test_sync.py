@@ -28,6 +28,7 @@ from servomexlib.errors import (
     ServomexValidationError,
 )
 from servomexlib.manager import ServomexManager
+from servomexlib.sim import Simulator
 from servomexlib.sinks import CsvSink
 from servomexlib.sync import (
     Servomex,
@@ -196,6 +197,35 @@ def test_servomex_open_modbus_sim_and_shared_portal(backend: str) -> None:
             assert anz.loopback(b"\xab\xcd") == b"\xab\xcd"
             assert not anz.calibration_status(1).active
         assert portal.running  # a shared portal stays up
+
+
+@pytest.mark.timeout(30)
+def test_sync_identify_is_cached_until_refresh(backend: str) -> None:
+    with SyncPortal(backend=backend) as portal:
+        sim = portal.call(_simulator, f"sync-identify-{backend}")
+        with Servomex.open(
+            f"sim://sync-identify-{backend}", protocol="modbus_rtu", portal=portal
+        ) as anz:
+            info = anz.info
+            assert info is not None
+            seen = len(sim.requests)
+            assert anz.identify() is info  # the cache: nothing sent
+            assert len(sim.requests) == seen
+            portal.call(_relabel, sim)
+            assert anz.identify() is info
+            fresh = anz.identify(refresh=True)
+            assert len(sim.requests) == seen + 1  # one FC04 (0, 70)
+            assert fresh is not info
+            assert anz.info is fresh
+            assert fresh.channels[0].name == "O2"
+
+
+async def _simulator(name: str) -> Simulator:
+    return Simulator(mode="modbus_rtu", realtime=False, name=name)
+
+
+async def _relabel(sim: Simulator) -> None:
+    sim.set_name("I1", "O2")
 
 
 @pytest.mark.timeout(30)

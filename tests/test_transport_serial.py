@@ -1,20 +1,25 @@
-"""SerialTransport over a real pseudo-terminal: settings applied, errors, retries, reopen."""
+"""SerialTransport over a real pseudo-terminal: settings applied, errors, retries, reopen; paths
+that are not serial ports refused with a clean error."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import termios
 import time
 import tty
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import anyserial
 import pytest
 
+from servomexlib.devices.factory import open_continuous, open_device
 from servomexlib.errors import ServomexConnectionError, ServomexValidationError
 from servomexlib.settings import ByteSize, Parity, SerialSettings, StopBits
+from servomexlib.sync import Servomex
 from servomexlib.transport import SerialTransport, TransportBrokenError
 from servomexlib.transport import serial as serial_mod
 
@@ -191,3 +196,71 @@ async def test_vanished_device_is_a_connection_error() -> None:
             assert info.value.context.port == path
         finally:
             await t.aclose()
+
+
+# --- paths that are not serial ports (issue 11 item 10) ----------------------------------------
+
+
+@pytest.fixture
+def not_ports(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """Paths that cannot be opened as a serial port, with what the refusal must say."""
+    regular = tmp_path / "capture.csv"
+    regular.write_text("device,channel\n")
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    return {
+        "/dev/null": ("/dev/null", "not a serial port"),
+        "regular file": (str(regular), "not a serial port (a regular file)"),
+        "directory": (str(directory), "not a serial port (a directory)"),
+        "missing": (str(tmp_path / "ttyUSB9"), "no such device"),
+    }
+
+
+KINDS = ["/dev/null", "regular file", "directory", "missing"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_path_that_is_not_a_serial_port_is_refused_naming_it(
+    kind: str, not_ports: dict[str, tuple[str, str]]
+) -> None:
+    path, says = not_ports[kind]
+    with pytest.raises(ServomexConnectionError) as info:
+        await SerialTransport.open(SerialSettings(port=path))
+    err = info.value
+    assert err.message.startswith(f"could not open {path}: {says}")
+    assert err.context.port == path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_open_device_refuses_it_in_every_mode(
+    kind: str, not_ports: dict[str, tuple[str, str]]
+) -> None:
+    path, says = not_ports[kind]
+    for protocol in ("auto", "continuous", "modbus_rtu"):
+        with pytest.raises(ServomexConnectionError, match=f"could not open {re.escape(path)}: "):
+            await open_device(path, protocol=protocol)
+    with pytest.raises(ServomexConnectionError, match=re.escape(says)):
+        await open_continuous(path)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_sync_facade_refuses_it_without_a_traceback_of_termios(
+    kind: str, backend: str, not_ports: dict[str, tuple[str, str]]
+) -> None:
+    path, says = not_ports[kind]
+    with pytest.raises(ServomexConnectionError) as info:
+        Servomex.open(path, backend=backend)
+    assert info.value.message.startswith(f"could not open {path}: {says}")
+    assert info.value.context.port == path
+
+
+def test_a_terminal_ioctl_failure_reads_as_not_a_serial_port() -> None:
+    # termios.error is not an OSError; both spellings of ENOTTY give the same words.
+    assert serial_mod._open_failure(termios.error(errno.ENOTTY, "Inappropriate ioctl")) == (
+        "not a serial port (Inappropriate ioctl for device)"
+    )
+    assert serial_mod._open_failure(OSError(errno.ENOTTY, "Inappropriate ioctl")) == (
+        "not a serial port (Inappropriate ioctl for device)"
+    )
+    assert serial_mod._open_failure(OSError(errno.EBUSY, "busy")) == "[Errno 16] busy"

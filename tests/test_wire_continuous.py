@@ -6,6 +6,7 @@ byte at a time and wrapped in garbage, and the three results must be identical.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -31,6 +32,7 @@ from servomexlib.devices.models import (
     ChannelStatus,
     Frame,
     ProtocolKind,
+    ValueState,
 )
 from servomexlib.errors import (
     ServomexChecksumError,
@@ -43,6 +45,7 @@ from servomexlib.wire import continuous
 from servomexlib.wire.continuous import (
     build_frame,
     checksum,
+    decode_value_field,
     format_block,
     format_header,
     format_value,
@@ -338,32 +341,71 @@ def test_flag_field_example() -> None:
 # Field rules (protocol.md §3.4)
 
 
+OK, OVER, INVALID = ValueState.OK, ValueState.OVER_RANGE, ValueState.INVALID
+
+
 @pytest.mark.parametrize(
-    ("text", "value"),
+    ("text", "value", "state"),
     [
-        ("20.376", 20.376),
-        (" 0.084", 0.084),
-        ("   0.0", 0.0),
-        ("-1.500", -1.5),
-        ("  1e-3", 0.001),
-        ("      ", None),
-        ("   nan", None),
-        ("   NaN", None),
-        ("   inf", None),
-        ("  -inf", None),
-        ("  +Inf", None),
-        (" 1e999", None),
-        ("++++++", None),
-        ("------", None),
-        ("  abc ", None),
-        ("1.2.3 ", None),
-        ("******", None),
-        ("20,376", None),
-        ("", None),
+        ("20.376", 20.376, OK),
+        (" 0.084", 0.084, OK),
+        ("   0.0", 0.0, OK),
+        ("-1.500", -1.5, OK),
+        ("  1e-3", 0.001, OK),
+        ("    -0", -0.0, OK),
+        # over/under-range glyphs (api.md §2)
+        ("******", None, OVER),
+        ("  OVER", None, OVER),
+        ("------", None, OVER),
+        (" -.-- ", None, OVER),
+        ("  *** ", None, OVER),
+        ("*.*   ", None, OVER),
+        ("-- -- ", None, OVER),
+        ("     -", None, OVER),
+        ("  over", None, OVER),
+        (" Under", None, OVER),
+        ("UNDER ", None, OVER),
+        ("++++++", None, OVER),  # the simulator's over-range fill (api.md §16.1)
+        # blank, unparsable, non-finite
+        ("      ", None, INVALID),
+        ("", None, INVALID),
+        ("   ...", None, INVALID),
+        ("   nan", None, INVALID),
+        ("   NaN", None, INVALID),
+        ("   inf", None, INVALID),
+        ("  -inf", None, INVALID),
+        ("  +Inf", None, INVALID),
+        (" 1e999", None, INVALID),
+        ("  abc ", None, INVALID),
+        ("1.2.3 ", None, INVALID),
+        ("20,376", None, INVALID),
+        ("**1***", None, INVALID),
+        ("OVER 1", None, INVALID),
+        ("OVERR ", None, INVALID),
+        ("-*-E  ", None, INVALID),
     ],
 )
-def test_value_field(text: str, value: float | None) -> None:
-    assert block_frame(value=text).readings[0].value == value
+def test_value_field(text: str, value: float | None, state: ValueState) -> None:
+    reading = block_frame(value=text).readings[0]
+    assert reading.value_state is state
+    if value is None:
+        assert reading.value is None
+    else:
+        assert reading.value == value
+        assert math.copysign(1.0, reading.value) == math.copysign(1.0, value)
+    assert decode_value_field(text.encode()) == (reading.value, state)
+    # The status is not touched by the value: a reading without a value is never ok.
+    assert reading.status.ok
+    assert reading.ok is (state is OK)
+
+
+def test_e_channel_invalid_bit_is_status_not_value() -> None:
+    # api.md §2: the Invalid bit (continuous: F in the channel FM field) leaves the value.
+    reading = block_frame(id="E1", name="||||||", value="   4.0", unit=" mA", fm="F ").readings[0]
+    assert reading.value == 4.0
+    assert reading.value_state is OK
+    assert not reading.status.ok
+    assert not reading.ok
 
 
 @pytest.mark.parametrize(
@@ -755,3 +797,28 @@ def test_block_cache_is_bounded_and_transparent() -> None:
     # An entry seen before the cache was cleared still decodes the same.
     again = one_block_frame(block=["I1", "Oxygen", format_value(0.001), " % ", *BLANK_STATUS])
     assert parse(again).readings[0].value == 0.001
+
+
+def test_value_state_through_the_general_parse_and_the_caches() -> None:
+    # A 7-character date makes the header non-standard: the general parse (not the fast
+    # path) decodes the frame, and must classify the value field the same way.
+    header = ["6-10-20", "02:54:12", "  ", "S1S1S1S1", "03"]
+    blocks = [
+        ["I1", "Oxygen", "******", " % ", *BLANK_STATUS],
+        ["I2", "CO    ", "      ", " % ", *BLANK_STATUS],
+        ["I3", "CO2   ", " 0.250", " % ", *BLANK_STATUS],
+    ]
+    raw = build_frame(header, blocks)
+    for _ in range(2):  # the second time from the block cache
+        f = parse(raw)
+        assert [(r.value, r.value_state) for r in f.readings] == [
+            (None, ValueState.OVER_RANGE),
+            (None, ValueState.INVALID),
+            (0.25, ValueState.OK),
+        ]
+        assert [r.ok for r in f.readings] == [False, False, True]
+    # The standard layout (fast path) gives equal readings.
+    standard = parse(build_frame(["06-10-20", *header[1:]], blocks))
+    assert [(r.value, r.value_state, r.raw) for r in standard.readings] == [
+        (r.value, r.value_state, r.raw) for r in f.readings
+    ]

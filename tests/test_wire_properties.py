@@ -2,7 +2,9 @@
 
 * ``build_frame`` → ``parse_frame`` round-trips for random content (through the three-ways
   helper: whole, byte by byte, wrapped in garbage);
-* float32, name and unit register codecs round-trip;
+* float32, name and unit register codecs round-trip; every finite float32 decodes to the
+  shortest decimal that packs back to the same 4 bytes;
+* the continuous value field is classified as a number, an over-range glyph or invalid;
 * random bytes, alone or mixed with real frame fragments, through the splitter and the parser
   give frames or ``ServomexProtocolError`` subclasses only, and the splitter stays bounded.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import decimal
 import math
 import struct
 from datetime import datetime
@@ -18,24 +21,35 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from helpers import IDLE_CAPTURE, LIVE_CAPTURE, WORKED_FRAME, capture_frames, decode_one, parse
-from servomexlib.devices.models import CalGroupState, ChannelId, ChannelStatus, Frame
+from servomexlib.devices.models import (
+    CalGroupState,
+    ChannelId,
+    ChannelStatus,
+    Frame,
+    ValueState,
+)
 from servomexlib.errors import ServomexProtocolError
 from servomexlib.units import Unit, coerce_unit
 from servomexlib.wire.continuous import (
     FrameSplitter,
     build_frame,
     checksum,
+    decode_value_field,
     format_block,
     format_header,
     format_value,
     frame_length,
 )
 from servomexlib.wire.registers import (
+    decode_channel_block,
     decode_float32,
+    decode_float32_value,
     decode_modbus_name,
     decode_modbus_unit,
     encode_float32,
     encode_text,
+    shortest_float32,
+    words_to_bytes,
 )
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,6 +93,8 @@ def blocks(draw: st.DrawFn) -> tuple[list[str | bytes], dict[str, object]]:
         "channel": cid,
         "name": trimmed if trimmed.strip("|") else None,
         "value": float(text) if text.strip(" +") else None,
+        # format_value writes None, non-finite and too-wide values as the "+" fill
+        "value_state": ValueState.OK if text.strip(" +") else ValueState.OVER_RANGE,
         "unit": coerce_unit(unit),
         "status": status,
     }
@@ -127,6 +143,7 @@ def test_build_parse_round_trip(
         assert reading.kind is reading.channel.kind
         assert reading.name == exp["name"]
         assert reading.value == exp["value"]
+        assert reading.value_state is exp["value_state"]
         assert reading.unit is exp["unit"]
         assert reading.status == exp["status"]
         assert len(reading.raw) == 32
@@ -160,6 +177,153 @@ def test_float32_encode_any_double(value: float) -> None:
     except OverflowError:
         expected = math.copysign(math.inf, value)
     assert decode_float32(*encode_float32(value)) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# Shortest float32 decimals (api.md §2)
+
+_F32 = struct.Struct(">f")
+FINITE_F32 = st.integers(0, 2**32 - 1).filter(lambda b: (b >> 23) & 0xFF != 0xFF)
+
+
+def _significant_digits(value: float) -> int:
+    mantissa = repr(value).partition("e")[0].lstrip("-").replace(".", "")
+    return len(mantissa.strip("0")) or 1
+
+
+def _round_trips(text: str | decimal.Decimal, packed: bytes) -> bool:
+    try:
+        return _F32.pack(float(text)) == packed
+    except OverflowError:
+        return False
+
+
+def _check_shortest(bits: int) -> None:
+    packed = bits.to_bytes(4, "big")
+    value = decode_float32_value(packed)
+    assert value is not None
+    assert type(value) is float
+    # It is the received float32 ...
+    assert _F32.pack(value) == packed
+    widened = decode_float32(bits >> 16, bits & 0xFFFF)
+    assert math.copysign(1.0, value) == math.copysign(1.0, widened)
+    # ... written with d <= 9 significant digits, and no decimal of d - 1 digits converts back
+    # to it. Every decimal that does lies in one interval around the float32, so it is enough
+    # to try the two (d - 1)-digit decimals either side of its exact value.
+    digits = _significant_digits(value)
+    assert 1 <= digits <= 9
+    exact = decimal.Decimal(widened)
+    if digits > 1:
+        for rounding in (decimal.ROUND_FLOOR, decimal.ROUND_CEILING):
+            shorter = decimal.Context(prec=digits - 1, rounding=rounding).plus(exact)
+            assert not _round_trips(shorter, packed), (packed.hex(), value, shorter)
+    assert shortest_float32(packed) == value
+
+
+@settings(max_examples=2000, deadline=None)
+@given(FINITE_F32)
+@example(0x00000000)  # 0.0
+@example(0x80000000)  # -0.0
+@example(0x00000001)  # smallest subnormal
+@example(0x007FFFFF)  # largest subnormal
+@example(0x00800000)  # smallest normal
+@example(0x7F7FFFFF)  # largest finite: a shorter decimal would round past it (overflow)
+@example(0xFF7FFFFF)
+@example(0x0F800000)  # powers of two whose nearest p-digit decimal is the wrong side
+@example(0x6B000000)
+@example(0xEC800000)
+@example(0x41A2820C)  # 20.3135
+def test_every_finite_float32_decodes_to_its_shortest_decimal(bits: int) -> None:
+    _check_shortest(bits)
+
+
+def test_every_power_of_two_decodes_to_its_shortest_decimal() -> None:
+    # Powers of two have a lopsided rounding interval: the exhaustive check of all 508.
+    for sign in (0, 1):
+        for exponent in range(255):
+            _check_shortest(sign << 31 | exponent << 23)
+
+
+@FAST
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_a_float32_written_as_shortest_reads_back_unchanged(value: float) -> None:
+    # What the analyser holds (any float32) → registers → Reading → the same float32; and a
+    # value that already is its own shortest decimal (20.95, 0.084) comes back as typed.
+    high, low = encode_float32(value)
+    words = (high, low, 0x4F78, 0x7967, 0x656E, 0x2025, 0x2000)
+    reading = decode_channel_block(
+        ChannelId.I1, words, ChannelStatus(), received_at=datetime(2026, 1, 1), monotonic_ns=0
+    )
+    assert reading.value_state is ValueState.OK
+    assert reading.value is not None
+    assert _F32.pack(reading.value) == words_to_bytes(words[:2])
+    short = float(f"{value:.6g}")
+    if _F32.pack(short) == _F32.pack(value):
+        assert _significant_digits(reading.value) <= _significant_digits(short)
+
+
+@FAST
+@given(st.integers(0, 2**23 - 1), st.booleans())
+def test_non_finite_float32_patterns_decode_to_none(mantissa: int, negative: bool) -> None:
+    bits = (negative << 31) | (0xFF << 23) | mantissa  # NaN (any payload) or ±inf
+    packed = bits.to_bytes(4, "big")
+    assert decode_float32_value(packed) is None
+    words = (bits >> 16, bits & 0xFFFF, 0, 0, 0, 0, 0)
+    reading = decode_channel_block(
+        ChannelId.E2, words, ChannelStatus(), received_at=datetime(2026, 1, 1), monotonic_ns=0
+    )
+    assert reading.value is None
+    assert reading.value_state is ValueState.INVALID
+    assert not reading.ok
+
+
+# --------------------------------------------------------------------------------------------
+# The continuous value field (protocol.md §3.4, api.md §2)
+
+GLYPH_FIELDS = st.text(st.sampled_from("*-+. "), min_size=1, max_size=6).filter(
+    lambda t: any(c in t for c in "*-+")
+)
+
+
+@FAST
+@given(GLYPH_FIELDS)
+def test_range_glyphs_are_over_range(text: str) -> None:
+    assert decode_value_field(text.encode()) == (None, ValueState.OVER_RANGE)
+
+
+@FAST
+@given(
+    st.sampled_from(["over", "under"]),
+    st.lists(st.booleans(), min_size=5, max_size=5),
+    st.integers(0, 2),
+    st.integers(0, 2),
+)
+def test_over_and_under_words_in_any_case(
+    word: str, upper: list[bool], left: int, right: int
+) -> None:
+    cased = "".join(c.upper() if u else c for c, u in zip(word, upper, strict=False))
+    field = " " * left + cased + " " * right
+    assert decode_value_field(field.encode()) == (None, ValueState.OVER_RANGE)
+
+
+@FAST
+@given(st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 3))
+def test_numbers_are_ok(value: float, pad: int) -> None:
+    text = " " * pad + repr(value)
+    assert decode_value_field(text.encode()) == (value, ValueState.OK)
+
+
+@FAST
+@given(st.binary(max_size=8))
+def test_any_value_field_is_classified(field: bytes) -> None:
+    value, state = decode_value_field(field)
+    assert isinstance(state, ValueState)
+    assert (value is None) is (state is not ValueState.OK)
+    if value is not None:
+        assert math.isfinite(value)
+    text = field.strip()
+    if not text or (not text.strip(b"*-+. ") and not any(c in text for c in b"*-+")):
+        assert state is ValueState.INVALID  # blank, or dots and spaces only
 
 
 @FAST

@@ -10,19 +10,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servomexlib.devices.models import ChannelId, ChannelKind, ChannelStatus, ProtocolKind
+from servomexlib.devices.models import (
+    ChannelId,
+    ChannelKind,
+    ChannelStatus,
+    ProtocolKind,
+    ValueState,
+)
 from servomexlib.units import Unit
 from servomexlib.wire.charset import DISPLAY_GLYPHS, decode_display, encode_display
 from servomexlib.wire.registers import (
     bytes_to_words,
     decode_channel_block,
     decode_float32,
+    decode_float32_value,
     decode_modbus_name,
     decode_modbus_unit,
     encode_channel_block,
     encode_float32,
     encode_text,
     finite_or_none,
+    shortest_float32,
     words_to_bytes,
 )
 
@@ -56,10 +64,64 @@ def test_float32_table(value: float, wire: str, words: tuple[int, int]) -> None:
     decoded = decode_float32(*words)
     assert decoded == f32(value)
     assert finite_or_none(decoded) == decoded
+    # A reading gives the value as the analyser holds it: the shortest decimal.
+    assert decode_float32_value(bytes.fromhex(wire)) == value
+    assert repr(decode_float32_value(bytes.fromhex(wire))) == repr(value)
 
 
-def test_float32_is_widened_not_rounded() -> None:
+def test_raw_codec_widens_readings_give_the_shortest_decimal() -> None:
     assert decode_float32(0x41A7, 0x999A) == 20.950000762939453
+    assert decode_float32_value(bytes.fromhex("41A7999A")) == 20.95
+    packed = struct.pack(">f", 20.3135)
+    assert struct.unpack(">f", packed)[0] == 20.313499450683594
+    assert repr(decode_float32_value(packed)) == "20.3135"
+    # The next float32 up (the widened value of issue 11) needs 8 digits to stay itself.
+    assert decode_float32(0x41A2, 0x820D) == 20.313501358032227
+    assert repr(decode_float32_value(bytes.fromhex("41A2820D"))) == "20.313501"
+
+
+@pytest.mark.parametrize(
+    ("packed", "text"),
+    [
+        ("00000000", "0.0"),
+        ("80000000", "-0.0"),
+        ("3F800000", "1.0"),
+        ("3DCCCCCD", "0.1"),
+        ("41A2820C", "20.3135"),
+        ("41A2820D", "20.313501"),
+        ("3DAC0831", "0.084"),
+        ("7F7FFFFF", "3.4028235e+38"),  # largest finite: shortest, not clamped or refused
+        ("FF7FFFFF", "-3.4028235e+38"),
+        ("00000001", "1e-45"),  # smallest subnormal
+        ("00800000", "1.1754944e-38"),  # smallest normal
+        ("4B800000", "16777216.0"),
+        ("0F800000", "1.2621775e-29"),  # a power of two: the 8-digit decimal above it
+    ],
+)
+def test_shortest_float32_examples(packed: str, text: str) -> None:
+    data = bytes.fromhex(packed)
+    assert repr(shortest_float32(data)) == text
+    assert struct.pack(">f", shortest_float32(data)) == data
+
+
+@pytest.mark.parametrize("packed", ["7FC00000", "7F800000", "FF800000", "", "41A7", "41A7999A00"])
+def test_shortest_float32_refuses_what_is_not_a_finite_float32(packed: str) -> None:
+    with pytest.raises(ValueError, match=r"not finite|is 4 bytes"):
+        shortest_float32(bytes.fromhex(packed))
+
+
+@pytest.mark.parametrize("packed", ["", "41A7", "7FC0000000", "41A7999A00"])
+def test_decode_float32_value_refuses_a_wrong_length(packed: str) -> None:
+    with pytest.raises(ValueError, match="is 4 bytes"):
+        decode_float32_value(bytes.fromhex(packed))
+
+
+def test_float32_value_accepts_any_bytes_like() -> None:
+    data = bytes.fromhex("41A2820C")
+    for form in (bytearray(data), memoryview(data)):
+        assert decode_float32_value(form) == 20.3135  # type: ignore[arg-type]
+        assert shortest_float32(form) == 20.3135  # type: ignore[arg-type]
+    assert decode_float32_value(bytearray.fromhex("7FC00000")) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -116,7 +178,10 @@ def test_worked_fc04_oxygen_response() -> None:
     r = decode_channel_block(ChannelId.I1, words, ChannelStatus(), received_at=T0, monotonic_ns=9)
     assert r.channel is ChannelId.I1
     assert r.kind is ChannelKind.TRANSDUCER
-    assert r.value == 20.950000762939453
+    assert r.value == 20.95
+    assert repr(r.value) == "20.95"
+    assert r.value_state is ValueState.OK
+    assert r.ok
     assert r.name == "Oxygen"
     assert r.unit is Unit.PERCENT
     assert r.raw == data
@@ -148,12 +213,13 @@ def test_worked_fc04_co2_response() -> None:
     assert r.protocol is ProtocolKind.MODBUS_ASCII
 
 
-def test_decode_channel_block_none_for_over_range_and_overrides() -> None:
+def test_decode_channel_block_nan_is_invalid_and_overrides() -> None:
     words = encode_channel_block(None, b"||||||", b" mA\x00")
     assert words[:2] == (0x7FC0, 0x0000)
     status = ChannelStatus(fault=True)
     r = decode_channel_block(ChannelId.E1, words, status, received_at=T0, monotonic_ns=1)
     assert r.value is None
+    assert r.value_state is ValueState.INVALID
     assert r.name is None
     assert r.unit is Unit.MILLIAMP
     assert r.kind is ChannelKind.EXTERNAL_INPUT
@@ -164,6 +230,7 @@ def test_decode_channel_block_none_for_over_range_and_overrides() -> None:
     )
     assert (cached.name, cached.unit) == ("Flow", Unit.PPM)
     assert cached.raw == r.raw
+    assert cached.value_state is ValueState.INVALID
 
 
 @pytest.mark.parametrize("count", [0, 6, 8, 14])

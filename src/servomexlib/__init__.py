@@ -34,6 +34,7 @@ from .devices.models import (
     SafetyTier,
     Sample,
     StreamMode,
+    ValueState,
 )
 from .errors import (
     ErrorContext,
@@ -147,6 +148,7 @@ __all__ = [
     "Transport",
     "Unit",
     "UnitKind",
+    "ValueState",
     "__version__",
     "decode_frame",
     "open_continuous",

@@ -16,6 +16,22 @@ a port also serialise — on the line's transaction lock — instead of failing.
 
 Port strings are canonicalised so that ``COM3``, ``com3`` and ``\\\\.\\COM3`` are one port, and
 a symlink such as ``/dev/serial/by-id/…`` is the device it points to.
+
+Managed analysers are identified lazily
+---------------------------------------
+The Analyzers the manager builds are never entered, but each is identified once, **before its
+first sweep**, inside its port's group lock and through the Analyzer (so ``info`` is cached):
+the Analyzer is built with ``identify_lazily=True``. Identify lists the populated slots (a
+slot holding ``||||||`` with a blank unit is empty, api.md §5) and later sweeps cover only
+those, so empty slots never appear as ``0.0``/``?`` readings. If identify fails, that
+analyser's sweep fails for this cycle with the identify error — a failed ``DeviceResult`` in
+:meth:`ServomexManager.poll`, dropped with a warning by :meth:`ServomexManager.poll_samples` —
+and identify is tried again on the next cycle. There is deliberately no fallback sweep of all
+ten slots: that is what reported empty slots as readings. A pre-built Analyzer added with
+``add(name, analyzer)`` is the caller's and is swept as the caller set it up.
+
+Closing (``remove``, ``close``) is shielded from cancellation, so a cancelled owner still
+releases every port the manager opened.
 """
 
 from __future__ import annotations
@@ -183,6 +199,9 @@ class ServomexManager:
     ) -> Analyzer:
         """Add an analyser and return its (never entered) :class:`Analyzer`.
 
+        An analyser built here (str or Transport source) is identified lazily, before its
+        first sweep, so sweeps cover only its populated slots (see the module docstring).
+
         Args:
             name: unique label; becomes the Analyzer's ``device``.
             source: a port string (the manager opens, shares and closes it), a Transport
@@ -259,7 +278,8 @@ class ServomexManager:
             if not port.names:
                 await self._release_port(port)
             raise
-        analyzer = Analyzer(client, device=name)
+        # Never entered; identified before its first sweep (see the module docstring).
+        analyzer = Analyzer(client, device=name, identify_lazily=True)
         port.names.append(name)
         self._members[name] = _Member(name, analyzer, port, managed=True)
         return analyzer
@@ -291,7 +311,8 @@ class ServomexManager:
         """
         self._require_open()
         member = self._member(name)
-        await self._drop(member)
+        with anyio.CancelScope(shield=True):
+            await self._drop(member)
 
     async def _drop(self, member: _Member) -> None:
         del self._members[member.name]
@@ -319,11 +340,13 @@ class ServomexManager:
             return
         self._closed = True
         errors: list[BaseException] = []
-        for member in reversed(list(self._members.values())):
-            try:
-                await self._drop(member)
-            except Exception as exc:
-                errors.append(exc)
+        # Shielded: a cancelled owner must still release every port, not just the first.
+        with anyio.CancelScope(shield=True):
+            for member in reversed(list(self._members.values())):
+                try:
+                    await self._drop(member)
+                except Exception as exc:
+                    errors.append(exc)
         if errors:
             raise BaseExceptionGroup("manager.close: errors while releasing analysers", errors)
 
@@ -381,6 +404,8 @@ class ServomexManager:
     ) -> Mapping[str, DeviceResult[Frame]]:
         """One sweep of every (or the named) analysers; always a complete mapping.
 
+        A managed analyser not yet identified is identified first (in its port's lock); if
+        that fails, its result is the identify error and the next call tries again.
         ``timeout`` is the per-transaction override of api.md §5. Ignores the error policy.
         """
         members = self._select(names)
@@ -395,7 +420,9 @@ class ServomexManager:
     ) -> list[Sample]:
         """Samples of one sweep of every analyser; failing analysers are skipped with a warning.
 
-        Never raises for device errors, so a manager is a robust ``PollSource`` for record().
+        Only populated slots appear (managed analysers are identified before their first sweep;
+        one whose identify fails is skipped for this cycle). Never raises for device errors, so
+        a manager is a robust ``PollSource`` for record().
         """
         results = await self.poll(names, timeout=timeout)
         samples: list[Sample] = []

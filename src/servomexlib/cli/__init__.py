@@ -9,9 +9,15 @@ The six family-compatible scripts (``servomex-read``, ``servomex-stream``,
 ``*_main`` functions below: each builds the very same subcommand parser under its own program
 name, so options and output are identical to ``servomex <sub>``.
 
-Exit codes: 0 success; 1 an error (``error: …`` on stderr, no traceback); 2 bad usage
-(argparse) or, for ``discover``, nothing found; 130 Ctrl-C in read, stream, decode, discover
-and diag (watch, capture and simulate treat Ctrl-C as the normal way to stop and exit 0).
+Every subcommand (and every ``diag`` diagnostic) takes ``-v/--verbose``: it is added here, as
+each parser is made, so no subcommand can lack it.
+
+Exit codes: 0 success, and also when stdout was closed early (``servomex stream … | head``:
+the command stops quietly); 1 an error (exactly one ``error: …`` line on stderr, no traceback
+unless ``--verbose``; see :func:`servomexlib.cli.common.report_failure`, which also catches
+what a subcommand did not expect); 2 bad usage (argparse) or, for ``discover``, nothing found;
+130 Ctrl-C in read, stream, decode, discover and diag (watch, capture and simulate treat
+Ctrl-C as the normal way to stop and exit 0).
 """
 
 from __future__ import annotations
@@ -52,13 +58,31 @@ SUBCOMMANDS: tuple[str, ...] = (
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    from .common import add_verbose_option
+
+    add_verbose_option(parser)
+
+
+class _Subparsers:
+    """argparse's subparsers object, adding ``--verbose`` to every subcommand parser."""
+
+    def __init__(self, action: Any) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, **kwargs)
+        _add_verbose(parser)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``servomex`` parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog="servomex", description="Servomex SERVOPRO 4000-series analyser tools."
     )
     parser.add_argument("--version", action="version", version=f"servomex {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = _Subparsers(parser.add_subparsers(dest="command", metavar="COMMAND"))
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
         module.register(subparsers)
@@ -66,13 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    # --help, --version and usage errors raise SystemExit (0 or 2) as argparse does.
-    args = parser.parse_args(argv)
+    from .common import EXIT_INTERRUPTED, report_failure, silence_stdout, verbose_of
+
+    try:
+        # --help, --version and usage errors raise SystemExit (0 or 2) as argparse does.
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # `servomex --help | head -1`
+        silence_stdout()
+        return 0
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    return handler(args)
+    try:
+        code = handler(args)
+        # Flush here, not at interpreter exit, so a closed pipe is reported (quietly) below.
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except BaseException as exc:  # the last safety net: one error line, never a traceback
+        return report_failure(exc, verbose=verbose_of(args))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +136,7 @@ class _SingleCommand:
         self.parser.add_argument(
             "--version", action="version", version=f"{self.prog} {__version__}"
         )
+        _add_verbose(self.parser)
         return self.parser
 
 

@@ -7,10 +7,19 @@
   through :func:`~servomexlib.open_device`, or a capture replayed endlessly (5 ms between
   frames) through a :class:`~servomexlib.FakeTransport` behind
   :func:`~servomexlib.open_continuous`.
-* :func:`run_async` — runs a subcommand's coroutine and turns failures into exit codes: a
-  ``ServomexError`` (or an exception group holding one) prints ``error: <first leaf>`` on stderr
-  and exits 1, never a traceback; Ctrl-C exits with the code the subcommand chose.
+* :func:`run_async` / :func:`report_failure` — how every command ends (api.md §13): a
+  ``ServomexError`` or ``OSError`` (alone or inside exception groups) prints exactly one
+  ``error: …`` line on stderr and exits 1, never a traceback. The line speaks CLI: the
+  library's keyword arguments become flags (``pass --overwrite``) and the error's context is
+  given in words (``(port /dev/ttyUSB0, address 30, FC04 register 0, after 3 attempts)``);
+  raw request/response bytes, context extras and the chain of causes only with ``--verbose``.
+  Anything unexpected is the last safety net: one ``error: unexpected …`` line with a hint to
+  run with ``--verbose``, which adds the traceback. A closed stdout (``| head``: EPIPE) ends
+  the command quietly with exit 0 after pointing stdout at the null device, so Python's final
+  flush cannot complain. Ctrl-C exits with the code the subcommand chose.
 * Output helpers: the read-format lines shared by read, decode and watch, and JSON documents.
+  A reading without a value shows its ``value_state`` (``over_range``/``invalid``) instead of
+  a bare None, and JSON documents carry a ``value_state`` key next to ``value``.
 
 JSON output (``--format json``) is JSON Lines everywhere: every stdout line is one complete
 JSON document. Commands that report a stream of things (stream, decode, discover, diag tap)
@@ -20,9 +29,13 @@ write one document per thing; read and diag plan write one document.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
+import os
 import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,8 +47,14 @@ import anyio.abc
 from ..devices.analyzer import Analyzer
 from ..devices.factory import open_continuous, open_device
 from ..devices.models import DeviceInfo, Frame, ProtocolKind, Reading, Sample
-from ..errors import ServomexError, ServomexValidationError
+from ..errors import (
+    ErrorContext,
+    ServomexConnectionError,
+    ServomexError,
+    ServomexValidationError,
+)
 from ..settings import SerialSettings
+from ..sinks.schema import sample_to_row
 from ..transport.fake import FakeTransport
 from ..wire.continuous import split_frames
 
@@ -47,8 +66,13 @@ __all__ = [
     "PROTOCOL_CHOICES",
     "add_device_options",
     "add_format_option",
+    "add_verbose_option",
     "analyzer_address",
+    "cli_wording",
+    "connection_lost",
+    "context_words",
     "count",
+    "describe_error",
     "emit_json",
     "first_leaf",
     "format_device_line",
@@ -57,17 +81,25 @@ __all__ = [
     "format_sample_line",
     "frame_json",
     "info_json",
+    "is_broken_pipe",
     "load_fixture",
     "non_negative_float",
     "open_analyzer",
     "positive_float",
     "read_block",
+    "reading_ok",
+    "reading_value_text",
     "replay",
+    "report_failure",
     "require_port",
     "run_async",
+    "sample_json",
     "serial_settings_for",
+    "silence_stdout",
     "transport_label",
+    "value_state",
     "value_text",
+    "verbose_of",
 ]
 
 EXIT_OK = 0
@@ -201,6 +233,21 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------ errors / running
 
 
+def add_verbose_option(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--verbose``: errors with raw bytes, context extras and tracebacks.
+
+    ``nested`` is for the parser of a sub-subcommand (``diag tap``): its default is
+    suppressed so that ``diag --verbose tap`` keeps the value the parent parser set.
+    """
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if nested else False,
+        help="show raw request/response bytes, error details and tracebacks",
+    )
+
+
 def _leaves(exc: BaseException) -> Iterable[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -211,7 +258,7 @@ def _leaves(exc: BaseException) -> Iterable[BaseException]:
 
 def first_leaf(exc: BaseException) -> BaseException | None:
     """The first ServomexError leaf of ``exc`` (depth first), else the first OSError leaf, else
-    None (a programming error, which keeps its traceback)."""
+    None (an unexpected error)."""
     leaves = list(_leaves(exc))
     for leaf in leaves:
         if isinstance(leaf, ServomexError):
@@ -233,6 +280,164 @@ def _interrupted(exc: BaseException) -> bool:
     )
 
 
+def is_broken_pipe(exc: BaseException) -> bool:
+    """True when ``exc`` is (or a group holds only) a write to a closed pipe (EPIPE)."""
+    leaves = list(_leaves(exc))
+    return bool(leaves) and all(
+        isinstance(leaf, BrokenPipeError)
+        or (isinstance(leaf, OSError) and leaf.errno == errno.EPIPE)
+        for leaf in leaves
+    )
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device after the reader went away (``| head``).
+
+    Python flushes ``sys.stdout`` once more at exit; with the pipe closed that flush fails
+    again and prints "Exception ignored … BrokenPipeError". Redirecting the file descriptor
+    (as the ``signal`` module documentation recommends for SIGPIPE) makes that flush, and any
+    later print, go nowhere.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # not a real file (captured by a test harness): nothing will flush to a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+#: Library wording (Python keyword arguments) → the CLI flag that does the same.
+_FLAG_WORDING: tuple[tuple[str, str], ...] = (("overwrite=True", "--overwrite"),)
+_NOUNS = {1: "coil", 2: "input", 3: "register", 4: "register", 5: "coil"}
+
+
+def cli_wording(message: str) -> str:
+    """``message`` with the library's keyword arguments replaced by the matching CLI flags."""
+    for library, flag in _FLAG_WORDING:
+        message = message.replace(library, flag)
+    return message
+
+
+def _hex(data: bytes) -> str:
+    return data.hex(" ") if data else "(nothing)"
+
+
+def context_words(context: ErrorContext, message: str = "", *, verbose: bool = False) -> str:
+    """The parts of ``context`` in words, for a CLI user: ``port /dev/ttyUSB0, address 30,
+    channel I1, FC04 register 0, after 3 attempts``. A port or file the message already names
+    is not repeated. ``verbose`` adds the protocol, the time spent, the raw request and
+    response bytes and every other extra."""
+    parts: list[str] = []
+    extra = dict(context.extra)
+    if verbose and context.protocol is not None:
+        protocol = context.protocol
+        parts.append(f"protocol {getattr(protocol, 'value', protocol)}")
+    if context.port is not None and str(context.port) not in message:
+        parts.append(f"port {context.port}")
+    path = extra.pop("path", None)
+    if path is not None and str(path) not in message:
+        parts.append(f"file {path}")
+    if context.address is not None:
+        parts.append(f"address {context.address}")
+    if context.channel is not None:
+        channel = context.channel
+        parts.append(f"channel {getattr(channel, 'value', channel)}")
+    fc = context.function_code
+    if fc is not None:
+        where = f"FC{fc:02d}"
+        noun = _NOUNS.get(fc)
+        if noun is not None and context.register is not None:
+            where += f" {noun} {context.register}"
+        parts.append(where)
+    elif context.register is not None:
+        parts.append(f"register {context.register}")
+    attempts = extra.pop("attempts", None)
+    if isinstance(attempts, int) and attempts > 1:
+        parts.append(f"after {attempts} attempts")
+    if verbose:
+        if context.elapsed_s is not None:
+            parts.append(f"{context.elapsed_s:.3f} s")
+        if context.request is not None:
+            parts.append(f"request {_hex(context.request)}")
+        if context.response is not None:
+            parts.append(f"response {_hex(context.response)}")
+        parts.extend(f"{key} {value}" for key, value in extra.items())
+    return ", ".join(parts)
+
+
+def describe_error(exc: BaseException, *, verbose: bool = False) -> str:
+    """The text of the ``error:`` line for ``exc`` (a ServomexError, an OSError, or anything).
+
+    A ServomexError gives its message in CLI wording and its context in words
+    (:func:`context_words`); raw bytes and extras only with ``verbose``.
+    """
+    if isinstance(exc, ServomexError):
+        words = context_words(exc.context, exc.message, verbose=verbose)
+        text = cli_wording(exc.message)
+        return f"{text} ({words})" if words else text
+    if isinstance(exc, OSError):
+        return str(exc)
+    leaves = list(_leaves(exc))
+    if leaves and leaves[0] is not exc:
+        return describe_error(leaves[0], verbose=verbose)
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return f"unexpected {name}: {exc}" if str(exc) else f"unexpected {name}"
+
+
+def _causes(exc: BaseException) -> list[str]:
+    lines: list[str] = []
+    seen = {id(exc)}
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause)
+        lines.append(f"  caused by {type(cause).__name__}" + (f": {text}" if text else ""))
+        cause = cause.__cause__
+    return lines
+
+
+def report_failure(exc: BaseException, *, verbose: bool = False) -> int:
+    """Print the one ``error:`` line for ``exc`` on stderr and return the exit code.
+
+    * a closed stdout (EPIPE) → nothing printed, stdout silenced, 0;
+    * a ServomexError or OSError (alone or inside exception groups) → ``error: …``, 1; with
+      ``verbose`` the causes follow, one per line;
+    * anything else → ``error: unexpected …`` and a hint to run with ``--verbose``, 1; with
+      ``verbose`` the traceback comes first.
+    """
+    if is_broken_pipe(exc):
+        silence_stdout()
+        return EXIT_OK
+    leaf = first_leaf(exc)
+    lines: list[str] = []
+    if leaf is None:
+        if verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+            lines.append(f"error: {describe_error(exc)}")
+        else:
+            lines.append(f"error: {describe_error(exc)} (run with --verbose for details)")
+    else:
+        lines.append(f"error: {describe_error(leaf, verbose=verbose)}")
+        if verbose:
+            lines += _causes(leaf)
+    with contextlib.suppress(OSError, ValueError):
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    return EXIT_ERROR
+
+
+def verbose_of(args: argparse.Namespace) -> bool:
+    """The ``--verbose`` flag of ``args`` (False when the parser has none)."""
+    return bool(getattr(args, "verbose", False))
+
+
 def run_async(
     fn: Callable[[argparse.Namespace], Awaitable[int]],
     args: argparse.Namespace,
@@ -241,21 +446,28 @@ def run_async(
 ) -> int:
     """Run ``fn(args)`` on a fresh event loop and map its outcome to an exit code.
 
-    Returns ``fn``'s code; 1 after printing ``error: <first leaf>`` for a ServomexError or an
-    OSError (alone or inside exception groups); ``interrupted`` on Ctrl-C.
+    Returns ``fn``'s code; ``interrupted`` on Ctrl-C; otherwise what :func:`report_failure`
+    returns (one ``error:`` line and 1; 0 for a closed stdout).
     """
     try:
         return anyio.run(fn, args)
     except KeyboardInterrupt:
         return interrupted
+    except SystemExit:
+        raise
     except BaseException as exc:
         if isinstance(exc, BaseExceptionGroup) and _interrupted(exc):
             return interrupted
-        leaf = first_leaf(exc)
-        if leaf is None:
-            raise
-        print(f"error: {leaf}", file=sys.stderr)
-        return EXIT_ERROR
+        return report_failure(exc, verbose=verbose_of(args))
+
+
+def connection_lost(exc: BaseException) -> ServomexConnectionError | None:
+    """The ServomexConnectionError in ``exc`` (bare, or the only leaf of nested exception
+    groups), or None."""
+    leaves = list(_leaves(exc))
+    if len(leaves) == 1 and isinstance(leaves[0], ServomexConnectionError):
+        return leaves[0]
+    return None
 
 
 # ------------------------------------------------------------------------------ opening
@@ -357,17 +569,35 @@ async def open_analyzer(
 # ------------------------------------------------------------------------------ output
 
 
-def value_text(value: float | None) -> str:
-    """``{value:g}``, or ``None``."""
-    return "None" if value is None else f"{value:g}"
+def value_state(reading: Reading) -> str:
+    """``reading.value_state`` as text: ``ok``, ``over_range`` or ``invalid``."""
+    return reading.value_state.value
+
+
+def reading_ok(reading: Reading) -> bool:
+    """``reading.ok``: the status is ok and there is a value (api.md §2)."""
+    return reading.ok
+
+
+def value_text(value: float | None, state: str | None = None) -> str:
+    """``{value:g}``; for a missing value the state (``over_range``, ``invalid``) or ``None``."""
+    if value is not None:
+        return f"{value:g}"
+    return state if state is not None and state != "ok" else "None"
+
+
+def reading_value_text(reading: Reading) -> str:
+    """The value of ``reading`` as the read format shows it (see :func:`value_text`)."""
+    return value_text(reading.value, value_state(reading))
 
 
 def format_reading_line(reading: Reading, *, indent: int = 2) -> str:
-    """``  {id:<3} {name or "(unlabelled)":<12} {value:g or "None":>10} {unit:<4} ok={b}``."""
+    """``  {id:<3} {name or "(unlabelled)":<12} {value:>10} {unit:<4} ok={b}``; the value is
+    ``{value:g}``, or ``over_range``/``invalid`` when the analyser gave none."""
     name = reading.name or "(unlabelled)"
     return (
-        f"{' ' * indent}{reading.channel.value:<3} {name:<12} {value_text(reading.value):>10} "
-        f"{reading.unit.value:<4} ok={reading.status.ok}"
+        f"{' ' * indent}{reading.channel.value:<3} {name:<12} {reading_value_text(reading):>10} "
+        f"{reading.unit.value:<4} ok={reading_ok(reading)}"
     )
 
 
@@ -390,11 +620,36 @@ def read_block(frame: Frame) -> list[str]:
 
 
 def format_sample_line(sample: Sample) -> str:
-    """``{id:<3} {str(value):>10} {unit}``, or ``error: {err}`` for an error sample."""
+    """``{id:<3} {str(value):>10} {unit}`` (``over_range``/``invalid`` for a missing value),
+    or ``error: {err}`` for an error sample."""
     if sample.reading is None:
-        return f"error: {sample.error}"
+        error = sample.error
+        text = describe_error(error) if error is not None else "no reading"
+        return f"error: {text}"
     reading = sample.reading
-    return f"{reading.channel.value:<3} {reading.value!s:>10} {reading.unit.value}"
+    if reading.value is not None:
+        value = str(reading.value)
+    else:
+        value = value_text(None, value_state(reading))
+    return f"{reading.channel.value:<3} {value:>10} {reading.unit.value}"
+
+
+def _with_value_state(row: dict[str, Any], state: str | None) -> dict[str, Any]:
+    """``row`` with a ``value_state`` key right after ``value``."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key == "value_state":
+            continue
+        out[key] = value
+        if key == "value":
+            out["value_state"] = state
+    return out
+
+
+def sample_json(sample: Sample) -> dict[str, Any]:
+    """The row of ``sample`` (api.md §10) with ``value_state`` next to ``value``."""
+    row = sample_to_row(sample)
+    return _with_value_state(row, row.get("value_state"))
 
 
 def _iso(value: Any) -> str | None:
@@ -423,10 +678,12 @@ def info_json(info: DeviceInfo) -> dict[str, Any]:
 
 def frame_json(frame: Frame) -> dict[str, Any]:
     """A JSON-ready description of a Frame: timestamps, analyser status and readings
-    (``Reading.as_dict()`` with booleans as JSON booleans)."""
+    (``Reading.as_dict()`` with booleans as JSON booleans, ``value_state`` after ``value`` and
+    ``ok`` = ``reading.ok``)."""
     readings = []
     for reading in frame.readings:
-        row = reading.as_dict()
+        row = _with_value_state(reading.as_dict(), value_state(reading))
+        row["ok"] = reading_ok(reading)
         for key in (
             "fault",
             "maintenance",

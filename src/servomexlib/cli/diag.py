@@ -3,8 +3,9 @@
 * ``diag loopback [--payload ABCD]`` — FC08 echo; forces ``modbus_rtu`` unless a Modbus
   ``--protocol`` is given; prints ``loopback sent={HEX} echo={HEX} ok={b}``; exit 0 on a match,
   else 1. Not possible with ``--fixture`` (exit 1).
-* ``diag tap [--count 10]`` — ``{id:<3} {str(value):>10} {unit}`` per reading sample; error
-  samples count towards ``--count`` but are not printed.
+* ``diag tap [--count 10]`` — ``{id:<3} {str(value):>10} {unit}`` per reading sample (a
+  reading without a value shows ``over_range``/``invalid``); error samples count towards
+  ``--count`` but are not printed.
 * ``diag jitter [--rate 1.0] [--count 10]`` — gaps between ``count`` consecutive frames/polls
   (distinct ``monotonic_ns``): ``samples={n} gap_ms min=… mean=… max=…``, or
   ``not enough samples to measure jitter``.
@@ -27,16 +28,18 @@ from typing import Any
 from ..devices.models import ProtocolKind, coerce_channel
 from ..errors import ServomexValidationError
 from ..planner import ReadPlanner, WireModel
-from ..sinks import sample_to_row
 from .common import (
     add_device_options,
     add_format_option,
+    add_verbose_option,
     count,
+    describe_error,
     emit_json,
     format_sample_line,
     open_analyzer,
     positive_float,
     run_async,
+    sample_json,
 )
 
 __all__ = ["DESTRUCTIVE_FLAG", "register", "require_destructive_ack", "run"]
@@ -63,6 +66,7 @@ def register(subparsers: Any) -> None:
     loop = sub.add_parser("loopback", help="FC08 echo test (Modbus)")
     add_device_options(loop)
     loop.add_argument("--payload", default="0000", help="2 bytes in hex (default: 0000)")
+    add_verbose_option(loop, nested=True)
     loop.set_defaults(handler=_handler(_loopback))
 
     tap = sub.add_parser("tap", help="print reading samples as they arrive")
@@ -70,12 +74,14 @@ def register(subparsers: Any) -> None:
     tap.add_argument("--rate", type=positive_float, default=1.0, help="Modbus polls per second")
     tap.add_argument("--count", type=count, default=10, help="samples to take (default: 10)")
     add_format_option(tap)
+    add_verbose_option(tap, nested=True)
     tap.set_defaults(handler=_handler(_tap))
 
     jit = sub.add_parser("jitter", help="measure the gaps between frames/polls")
     add_device_options(jit)
     jit.add_argument("--rate", type=positive_float, default=1.0, help="Modbus polls per second")
     jit.add_argument("--count", type=count, default=10, help="frames/polls to time (10)")
+    add_verbose_option(jit, nested=True)
     jit.set_defaults(handler=_handler(_jitter))
 
     plan = sub.add_parser("plan", help="offline Modbus read plan and its wire-time estimate")
@@ -88,6 +94,7 @@ def register(subparsers: Any) -> None:
         help="Modbus framing (auto = modbus_rtu)",
     )
     add_format_option(plan)
+    add_verbose_option(plan, nested=True)
     plan.set_defaults(handler=_plan)
 
     p.set_defaults(handler=_missing, diag_parser=p)
@@ -151,7 +158,7 @@ async def _tap(args: argparse.Namespace) -> int:
             if sample.reading is None:
                 errors += 1
             elif args.format == "json":
-                emit_json(sample_to_row(sample))
+                emit_json(sample_json(sample))
             else:
                 print(format_sample_line(sample), flush=True)
             if args.count and seen >= args.count:
@@ -197,7 +204,7 @@ def _plan(args: argparse.Namespace) -> int:
         planner = ReadPlanner(WireModel(baudrate=args.baud, framing=framing))
         reads = planner.plan(channels)
     except ServomexValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     total_ms = planner.cost(reads) * 1000.0
     if args.format == "json":

@@ -28,10 +28,12 @@ from ..transport.fake import FakeTransport
 from .common import (
     add_device_options,
     add_format_option,
+    describe_error,
     emit_json,
     info_json,
     load_fixture,
     run_async,
+    verbose_of,
 )
 
 __all__ = ["FIXTURE_REFEED_S", "register", "run"]
@@ -119,12 +121,22 @@ def _print_result(result: Any, args: argparse.Namespace) -> None:
                 "protocol": result.protocol.value if result.protocol is not None else None,
                 "broadcaster": result.is_broadcaster,
                 "device": info_json(result.info) if result.info is not None else None,
-                "error": str(result.error) if result.error is not None else None,
+                "error": (
+                    describe_error(result.error, verbose=verbose_of(args))
+                    if result.error is not None
+                    else None
+                ),
             }
         )
         return
     if not result.ok:
-        print(f"{result.port}: no device ({result.error})", flush=True)
+        error = result.error
+        why = (
+            describe_error(error, verbose=verbose_of(args))
+            if error is not None
+            else "nothing recognised"
+        )
+        print(f"{result.port}: no device ({why})", flush=True)
         return
     tag = " [broadcaster]" if result.is_broadcaster else ""
     lines = [f"{result.port}: {result.protocol.value}{tag}"]

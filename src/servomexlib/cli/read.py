@@ -5,8 +5,12 @@ Text output::
     device: 4000-series protocol=modbus_rtu          (unless --no-identify)
     frame @ 2026-11-22T03:40:00.123456+00:00 protocol=modbus_rtu fault=False maintenance=False
       I1  Oxygen           20.378 %    ok=True
+      I2  CO           over_range %    ok=False
 
-``--format json`` prints one JSON document: ``{"device": {...} | null, "frame": {...}}``.
+A reading without a value shows its ``value_state`` (``over_range`` or ``invalid``) and
+``ok=`` is ``Reading.ok`` (status ok *and* a value). ``--format json`` prints one JSON
+document: ``{"device": {...} | null, "frame": {...}}``, each reading with ``value_state``
+next to ``value``.
 Exit 0; a device error prints ``error: …`` and exits 1; Ctrl-C exits 130.
 """
 

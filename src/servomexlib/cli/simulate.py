@@ -3,6 +3,8 @@
 The first stdout line is the address alone — the pty path (a stable symlink) or
 ``tcp://HOST:PORT`` — flushed at once, so a script can read it and connect. The command serves
 until SIGINT (Ctrl-C) or SIGTERM and exits 0, removing the link and directory it created.
+Bad options exit 2; a failure to serve (a ``--tcp`` port already in use) prints one
+``error: …`` line and exits 1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..errors import ServomexError
 from ..sim.presets import PRESETS
 from ..sim.serve import SimLine
 from ..sim.url import SimSpec, spec_from_options
+from .common import describe_error, report_failure, verbose_of
 
 __all__ = ["register", "run"]
 
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         spec = spec_from_options(options)
         tcp = _parse_tcp(args.tcp) if args.tcp is not None else None
     except (ServomexError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        text = describe_error(exc) if isinstance(exc, ServomexError) else str(exc)
+        print(f"error: {text}", file=sys.stderr)
         return 2
     if tcp is None and (sys.platform == "win32" or not hasattr(os, "openpty")):
         print(
@@ -108,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
         return anyio.run(_serve, spec, tcp)
     except KeyboardInterrupt:  # platforms without signal receivers
         return 0
-    except ServomexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        # A busy --tcp port, a failed pty: one error line (an exception group from the
+        # server's task group included), exit 1.
+        return report_failure(exc, verbose=verbose_of(args))
 
 
 async def _serve(spec: SimSpec, tcp: tuple[str, int] | None) -> int:

@@ -1,10 +1,12 @@
 """``servomex stream`` / ``servomex-stream``: print samples as they arrive (api.md §13).
 
 Continuous analysers stream their broadcast (``--rate`` is ignored); Modbus analysers are
-polled at ``--rate`` Hz. One line per sample, ``{id:<3} {str(value):>10} {unit}``, or
+polled at ``--rate`` Hz. One line per sample, ``{id:<3} {str(value):>10} {unit}`` (a
+reading without a value shows its state, ``over_range`` or ``invalid``, instead of None), or
 ``error: {err}`` for an error sample (a frame that failed to decode); error samples count
 towards ``--count``. ``--count 0`` streams until Ctrl-C. ``--format json`` prints one JSON
-document per sample (the 21-column row of api.md §10). Exit 0; Ctrl-C exits 130.
+document per sample (the row of api.md §10, with ``value_state`` next to ``value``). Exit 0;
+Ctrl-C exits 130; a closed stdout (``| head``) ends the stream quietly with exit 0.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..sinks import sample_to_row
 from .common import (
     add_device_options,
     add_format_option,
@@ -22,6 +23,7 @@ from .common import (
     open_analyzer,
     positive_float,
     run_async,
+    sample_json,
 )
 
 __all__ = ["register", "run"]
@@ -61,7 +63,7 @@ async def _stream(args: argparse.Namespace) -> int:
     ):
         async for sample in samples:
             if args.format == "json":
-                emit_json(sample_to_row(sample))
+                emit_json(sample_json(sample))
             else:
                 print(format_sample_line(sample), flush=True)
             seen += 1

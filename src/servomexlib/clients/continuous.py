@@ -23,9 +23,38 @@ a single receiver task, started in the Analyzer's task group, owns the transport
   earlier than the previous read.
 * A good frame becomes the latest-frame cache, wakes everyone waiting for the next frame and is
   fanned out, one :class:`~servomexlib.devices.models.Sample` per reading, to every subscriber's
-  unbounded queue. A bad segment (parse or checksum failure) or a splitter overflow increments
-  ``dropped_frames`` and is delivered to current subscribers as an error Sample; the loop keeps
-  running whatever arrives.
+  unbounded queue, and as the :class:`~servomexlib.devices.models.Frame` itself to every frame
+  subscriber (:meth:`ContinuousClient.subscribe_frames`, what ``record(each_frame=True)``
+  follows). A bad segment (parse or checksum failure) or a splitter overflow increments
+  ``dropped_frames`` and is delivered to current subscribers as an error Sample (a
+  :class:`FrameRejection` to frame subscribers); the loop keeps running whatever arrives.
+
+Old bytes are not news
+----------------------
+A broadcast never stops, so whatever was queued before the receiver started — by the
+operating system while the port was open but unread, by a pseudo-terminal or device server
+while nobody was connected, by the simulator while its line was not read — is old: stamped on
+arrival it would pass frames minutes old for new ones, a whole backlog with one timestamp. The
+receiver therefore starts in three steps (api.md §5):
+
+1. Bytes AUTO parked in the pushback buffer (the recognised frame, protocol.md §8) are
+   processed first, stamped when the client was built, i.e. when AUTO received them — or, when
+   the receiver starts more than one broadcast period later, discarded as superseded.
+2. ``transport.flush_input()`` discards what the operating system holds (serial ports flush
+   the kernel queue, TCP connections read off the socket; other transports keep everything).
+3. **The line-rate check**, for transports that know their character time but could not
+   flush (the in-process simulator, a user's transport): no line carries more than one
+   character per character time, so if ``n`` bytes have been read since the receiver started
+   ``t`` seconds ago, at least ``n − t / char_time`` of them (the oldest) were already waiting
+   at the start. A line whose first byte lies in that provably old part is discarded (counted
+   in ``statistics().stale_lines``), never published; the wait for the rest of a frame is
+   skipped while reading ahead of the line rate, so a backlog is read off at once. A few
+   characters of slack keep a frame that starts right at the boundary. After a successful
+   flush nothing was waiting, and the check stays off: a pseudo-terminal has a nominal baud
+   rate only and hands a writer's bytes over at memory speed.
+
+The first line after the start that does not begin like a frame header is the tail of a frame
+cut by the start (or by the flush): it is counted as stale, not as a dropped frame.
 """
 
 from __future__ import annotations
@@ -65,7 +94,13 @@ from ..errors import (
 )
 from ..settings import SerialSettings
 from ..transport.base import Transport
-from ..wire.continuous import MAX_SEGMENT, FrameSplitter, frame_length, parse_frame
+from ..wire.continuous import (
+    HEADER_LENGTH,
+    MAX_SEGMENT,
+    FrameSplitter,
+    frame_length,
+    parse_frame,
+)
 
 __all__ = [
     "CHUNK_TIMEOUT_S",
@@ -73,6 +108,8 @@ __all__ = [
     "DEFAULT_FRAME_PERIOD_S",
     "ContinuousClient",
     "ContinuousStatistics",
+    "FrameItem",
+    "FrameRejection",
     "first_frame_wait",
 ]
 
@@ -86,6 +123,9 @@ RECEIVE_BYTES = 8192
 MAX_COALESCE_CHARS = frame_length(7) + 2
 _SHORTEST = frame_length(1)
 _ONE_US = timedelta(microseconds=1)
+#: Characters of slack in the line-rate check: the character straddling the start, rounding,
+#: and the few bytes a tty layer has in flight when the input queue is flushed.
+BACKLOG_SLACK_CHARS = 16
 #: Broadcast period assumed when the caller gives none (the measured unit's ~2 s).
 DEFAULT_FRAME_PERIOD_S = 2.0
 MODEL = "4000-series"
@@ -107,15 +147,51 @@ class ContinuousStatistics:
     overflows: int  # times a line exceeded the splitter bound
     recovered: int  # frames cut out of a noisy line
     bytes_received: int
-    subscribers: int
+    subscribers: int  # sample and frame subscribers
     buffered: int  # bytes the splitter holds now (never more than its bound)
     running: bool
+    stale_lines: int = 0  # lines discarded as waiting before the receiver started
+    flushed_bytes: int = 0  # bytes the transport discarded when the receiver started
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameRejection:
+    """A line the receiver rejected (parse or checksum failure, over-long line).
+
+    What a frame subscriber gets instead of a :class:`~servomexlib.devices.models.Frame`;
+    ``received_at`` / ``monotonic_ns`` are when the line was rejected.
+    """
+
+    error: ServomexError
+    received_at: datetime
+    monotonic_ns: int
+
+    def as_sample(self, device: str = "") -> Sample:
+        """The error Sample ``stream()`` delivers for this line (``channel=None``)."""
+        return Sample(
+            device=device,
+            channel=None,
+            reading=None,
+            protocol=ProtocolKind.CONTINUOUS_ASCII,
+            monotonic_ns=self.monotonic_ns,
+            received_at=self.received_at,
+            error=self.error,
+        )
+
+
+type FrameItem = Frame | FrameRejection
+"""What :meth:`ContinuousClient.subscribe_frames` delivers: each frame, or a rejected line."""
 
 
 @dataclasses.dataclass(slots=True, eq=False)
 class _Subscriber:
     send: MemoryObjectSendStream[Sample]
     device: str
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _FrameSubscriber:
+    send: MemoryObjectSendStream[FrameItem]
 
 
 class ContinuousClient:
@@ -150,10 +226,22 @@ class ContinuousClient:
         self._bytes = 0
         self._overflows_seen = 0
         self._subscribers: list[_Subscriber] = []
+        self._frame_subscribers: list[_FrameSubscriber] = []
         self._char_time = _line_char_time(transport)
+        self._char_time_check = self._char_time  # None: no line-rate check (see _begin)
         self._last_read_ns = 0
         self._last_read_at: datetime | None = None
         self._last_frame_len: int | None = None
+        # Backlog handling (module docstring): bytes AUTO parked just before this client was
+        # built, and when; the loop-clock start of the receiver; bytes read off the line since.
+        self._parked = _pending_bytes(transport)
+        self._parked_at = (datetime.now(UTC), time.monotonic_ns()) if self._parked else None
+        self._start_time: float | None = None
+        self._line_bytes = 0
+        self._stale_until = 0
+        self._cut_line = False
+        self._stale_lines = 0
+        self._flushed = 0
         self._next_frame: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._started = False
@@ -194,17 +282,25 @@ class ContinuousClient:
             overflows=stats.overflows,
             recovered=stats.recovered,
             bytes_received=self._bytes,
-            subscribers=len(self._subscribers),
+            subscribers=len(self._subscribers) + len(self._frame_subscribers),
             buffered=stats.buffered,
             running=self._running,
+            stale_lines=self._stale_lines,
+            flushed_bytes=self._flushed,
         )
 
     def __repr__(self) -> str:
         state = "running" if self._running else ("stopped" if self._stopped else "idle")
+        subscribers = len(self._subscribers) + len(self._frame_subscribers)
         return (
             f"<ContinuousClient {self.label!r} {state} frames={self._frames_ok} "
-            f"dropped={self._dropped} subscribers={len(self._subscribers)}>"
+            f"dropped={self._dropped} stale={self._stale_lines} subscribers={subscribers}>"
         )
+
+    @property
+    def stop_reason(self) -> ServomexError | None:
+        """Why the receiver stopped (end of stream, lost port), or None."""
+        return self._stop_reason
 
     def _ctx(self, **kw: object) -> ErrorContext:
         return ErrorContext(port=self.label, protocol=self.protocol).merged(**kw)
@@ -238,6 +334,12 @@ class ContinuousClient:
             self._scope = scope
             self._running = True
             self._next_frame = anyio.Event()
+            try:
+                await self._begin()
+            except BaseException as exc:
+                # Raised from start() (a port that cannot even be flushed is unusable).
+                self._finish(exc if isinstance(exc, ServomexError) else None)
+                raise
             task_status.started()
             try:
                 reason = await self._receive_loop()
@@ -249,6 +351,36 @@ class ContinuousClient:
             finally:
                 self._finish(reason)
 
+    async def _begin(self) -> None:
+        """Start without a backlog: parked bytes, the OS queue, the line-rate origin."""
+        parked = min(self._parked, _pending_bytes(self.transport))
+        self._parked = 0
+        data = b""
+        while len(data) < parked:  # served from the pushback buffer: no waiting
+            data += await self.transport.receive(parked - len(data))
+        flush = getattr(self.transport, "flush_input", None)
+        flushed: object = await flush() if callable(flush) else None
+        if isinstance(flushed, int) and not isinstance(flushed, bool):
+            self._flushed = max(flushed, 0)
+            self._char_time_check = None  # nothing was left waiting: no line-rate check
+        if data and self._parked_at is not None:
+            at, ns = self._parked_at
+            age_s = (time.monotonic_ns() - ns) / 1e9
+            period = DEFAULT_FRAME_PERIOD_S if self.frame_period is None else self.frame_period
+            if age_s <= period:
+                self._process(data, final=False, stamp=(at, ns))
+            else:
+                self._stale_lines += 1
+                _log.debug("%s: parked frame %.1fs old discarded", self.label, age_s)
+            if self._flushed and self._splitter.buffered:
+                # The rest of the parked partial line was flushed: what is held is a fragment.
+                self._splitter.reset()
+        if self._flushed:
+            _log.debug("%s: discarded %d bytes waiting at start", self.label, self._flushed)
+        self._start_time = anyio.current_time()
+        self._last_read_at, self._last_read_ns = datetime.now(UTC), time.monotonic_ns()
+        self._cut_line = not self._splitter.buffered
+
     async def _receive_loop(self) -> ServomexError:
         while True:
             chunk = b""
@@ -257,13 +389,23 @@ class ContinuousClient:
                     chunk = await self.transport.receive(RECEIVE_BYTES)
                 except ServomexConnectionError as exc:
                     _log.debug("continuous stream on %s ended: %s", self.label, exc)
-                    self._process(b"", final=True)
+                    self._process(b"", final=True, loop_time=anyio.current_time())
                     return exc
             if chunk:
-                self._process(chunk, final=False)
+                now = anyio.current_time()
+                self._process(chunk, final=False, loop_time=now)
+                if len(chunk) >= RECEIVE_BYTES or self._reading_ahead(now):
+                    continue  # a backlog is being read: more is waiting, read it at once
                 rest = self._rest_of_frame_s()
                 if rest > 0.0:
                     await anyio.sleep(rest)
+
+    def _reading_ahead(self, now: float) -> bool:
+        """More bytes read since the start than the line could carry: a backlog is waiting."""
+        char_time, start = self._char_time_check, self._start_time
+        if char_time is None or start is None:
+            return False
+        return self._line_bytes - (now - start) / char_time > BACKLOG_SLACK_CHARS
 
     def _rest_of_frame_s(self) -> float:
         """Wire time of the bytes the partly received frame still needs (0.0: read at once)."""
@@ -296,17 +438,38 @@ class ContinuousClient:
         for sub in self._subscribers:
             sub.send.close()
         self._subscribers.clear()
+        for frame_sub in self._frame_subscribers:
+            frame_sub.send.close()
+        self._frame_subscribers.clear()
 
     # ------------------------------------------------------------------ processing
 
-    def _process(self, chunk: bytes, *, final: bool) -> None:
-        """Split, parse and publish. Never raises for line content."""
+    def _process(
+        self,
+        chunk: bytes,
+        *,
+        final: bool,
+        loop_time: float | None = None,
+        stamp: tuple[datetime, int] | None = None,
+    ) -> None:
+        """Split, parse and publish. Never raises for line content.
+
+        Args:
+            chunk: bytes just read (empty with ``final``).
+            final: the stream ended: flush the splitter.
+            loop_time: the loop clock of the read, for the line-rate check (None: no check —
+                parked bytes and direct calls).
+            stamp: when the chunk was received, instead of now (parked bytes).
+        """
         self._bytes += len(chunk)
         segments = self._splitter.feed(chunk) if chunk else []
         if final:
             segments += self._splitter.flush()
-        received_at = datetime.now(UTC)
-        monotonic_ns = time.monotonic_ns()
+        if stamp is None:
+            received_at = datetime.now(UTC)
+            monotonic_ns = time.monotonic_ns()
+        else:
+            received_at, monotonic_ns = stamp
         previous_ns, self._last_read_ns = self._last_read_ns, monotonic_ns
         previous_at, self._last_read_at = self._last_read_at, received_at
         # How far back a stamp may go: to the previous read, on both clocks (they are read a
@@ -314,9 +477,11 @@ class ContinuousClient:
         since_ns = monotonic_ns - previous_ns
         if previous_at is not None:
             since_ns = min(since_ns, (received_at - previous_at) // _ONE_US * 1000)
+        checked = loop_time is not None and self._check_line_rate(len(chunk), loop_time)
         overflows = self._splitter.stats().overflows
         while self._overflows_seen < overflows:
             self._overflows_seen += 1
+            self._cut_line = False
             self._reject(
                 ServomexFrameError(
                     f"line longer than {self._splitter.max_segment} bytes discarded",
@@ -327,8 +492,17 @@ class ContinuousClient:
             )
         if not segments:
             return
-        stamps = self._stamps(segments, len(chunk), received_at, monotonic_ns, since_ns)
-        for segment, (seg_at, seg_ns) in zip(segments, stamps, strict=True):
+        afters = self._afters(segments)
+        stamps = self._stamps(afters, len(chunk), received_at, monotonic_ns, since_ns)
+        for segment, after, (seg_at, seg_ns) in zip(segments, afters, stamps, strict=True):
+            if checked and self._line_bytes - after - len(segment) < self._stale_until:
+                self._stale(segment, "waiting before the receiver started")
+                continue
+            if self._cut_line:
+                self._cut_line = False
+                if not _begins_like_a_frame(segment):
+                    self._stale(segment, "the tail of a frame cut by the start")
+                    continue
             try:
                 frame = parse_frame(segment, received_at=seg_at, monotonic_ns=seg_ns)
             except ServomexProtocolError as exc:
@@ -337,9 +511,36 @@ class ContinuousClient:
                 self._last_frame_len = len(segment)
                 self._publish(frame)
 
+    def _check_line_rate(self, n: int, loop_time: float) -> bool:
+        """Count ``n`` line bytes read at ``loop_time``; move the provably-old boundary.
+
+        Returns True when the boundary applies (the line rate and the start are known).
+        """
+        self._line_bytes += n
+        char_time, start = self._char_time_check, self._start_time
+        if char_time is None or start is None:
+            return False
+        carried = int((loop_time - start) / char_time) + BACKLOG_SLACK_CHARS
+        self._stale_until = max(self._stale_until, self._line_bytes - carried)
+        return True
+
+    def _stale(self, segment: bytes, why: str) -> None:
+        self._stale_lines += 1
+        _log.debug("%s: %d-byte line discarded: %s", self.label, len(segment), why)
+
+    def _afters(self, segments: list[bytes]) -> list[int]:
+        """For each segment, the bytes read after its last byte (counting one per terminator)."""
+        afters: list[int] = []
+        after = self._splitter.buffered  # bytes after the last terminator
+        for segment in reversed(segments):
+            afters.append(after)
+            after += len(segment) + 1  # the segment and (at least) one terminator byte
+        afters.reverse()
+        return afters
+
     def _stamps(
         self,
-        segments: list[bytes],
+        afters: list[int],
         chunk_len: int,
         received_at: datetime,
         monotonic_ns: int,
@@ -353,11 +554,10 @@ class ContinuousClient:
         """
         char_time = self._char_time
         if char_time is None:
-            return [(received_at, monotonic_ns)] * len(segments)
+            return [(received_at, monotonic_ns)] * len(afters)
         stamps: list[tuple[datetime, int]] = []
-        after = self._splitter.buffered  # bytes after the last terminator
         floor_back_ns = max(since_ns, 0)
-        for segment in reversed(segments):
+        for after in afters:
             back_ns = min(int(min(after, chunk_len) * char_time * 1e9), floor_back_ns)
             if back_ns <= 0:
                 stamps.append((received_at, monotonic_ns))
@@ -365,26 +565,17 @@ class ContinuousClient:
                 stamps.append(
                     (received_at - timedelta(microseconds=back_ns / 1000), monotonic_ns - back_ns)
                 )
-            after += len(segment) + 1  # the segment and (at least) one terminator byte
-        stamps.reverse()
         return stamps
 
     def _reject(self, error: ServomexError, received_at: datetime, monotonic_ns: int) -> None:
         self._dropped += 1
         _log.debug("dropped continuous frame on %s: %s", self.label, error)
-        if not self._subscribers:
+        if not self._subscribers and not self._frame_subscribers:
             return
-        sample = Sample(
-            device="",
-            channel=None,
-            reading=None,
-            protocol=self.protocol,
-            monotonic_ns=monotonic_ns,
-            received_at=received_at,
-            error=error,
-        )
+        rejection = FrameRejection(error, received_at, monotonic_ns)
         for sub in list(self._subscribers):
-            self._deliver(sub, [dataclasses.replace(sample, device=sub.device)])
+            self._deliver(sub, [rejection.as_sample(sub.device)])
+        self._hand_over(rejection)
 
     def _publish(self, frame: Frame) -> None:
         self._latest = frame
@@ -398,6 +589,14 @@ class ContinuousClient:
             if samples is None:
                 samples = by_device[sub.device] = frame.as_samples(sub.device)
             self._deliver(sub, samples)
+        self._hand_over(frame)
+
+    def _hand_over(self, item: FrameItem) -> None:
+        for sub in list(self._frame_subscribers):
+            try:
+                sub.send.send_nowait(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._drop_frame_subscriber(sub)
 
     def _deliver(self, sub: _Subscriber, samples: list[Sample]) -> None:
         try:
@@ -423,14 +622,38 @@ class ContinuousClient:
         self._subscribers.append(sub)
         return receive, sub
 
+    def subscribe_frames(self) -> tuple[MemoryObjectReceiveStream[FrameItem], object]:
+        """A new unbounded queue of every line the receiver handles from now on.
+
+        Each good frame arrives as its :class:`~servomexlib.devices.models.Frame` (exactly
+        once, in order), each rejected line as a :class:`FrameRejection`. Returns (queue,
+        token); pass the token to :meth:`unsubscribe`. The queue ends when the receiver stops
+        (end of stream, lost port, ``aclose``); :attr:`stop_reason` then says why.
+
+        Raises:
+            ServomexConnectionError: the receiver is not running.
+        """
+        self._require_running()
+        send, receive = anyio.create_memory_object_stream[FrameItem](math.inf)
+        sub = _FrameSubscriber(send)
+        self._frame_subscribers.append(sub)
+        return receive, sub
+
     def unsubscribe(self, token: object) -> None:
-        """Stop delivering to the subscription ``token``; idempotent."""
+        """Stop delivering to the subscription ``token`` (samples or frames); idempotent."""
         if isinstance(token, _Subscriber):
             self._drop_subscriber(token)
+        elif isinstance(token, _FrameSubscriber):
+            self._drop_frame_subscriber(token)
 
     def _drop_subscriber(self, sub: _Subscriber) -> None:
         if sub in self._subscribers:
             self._subscribers.remove(sub)
+        sub.send.close()
+
+    def _drop_frame_subscriber(self, sub: _FrameSubscriber) -> None:
+        if sub in self._frame_subscribers:
+            self._frame_subscribers.remove(sub)
         sub.send.close()
 
     # ------------------------------------------------------------------ waiting
@@ -513,6 +736,29 @@ class ContinuousClient:
             address=0,
             serial_settings=settings if settings is not None else SerialSettings(port=self.label),
         )
+
+
+#: Offsets of the header's separators (protocol.md §3.2): after the date, time, FM, autocal, N.
+_HEADER_SEPARATORS = (9, 18, 21, 30, 33)
+
+
+def _begins_like_a_frame(segment: bytes) -> bool:
+    """A leading space and the header's ``;`` where protocol.md §3.2 puts them.
+
+    A frame's tail (the line cut by the receiver's start) practically never matches, a frame
+    with a damaged body or checksum does — so that one is still reported as dropped.
+    """
+    return (
+        len(segment) >= HEADER_LENGTH
+        and segment[0] == 0x20
+        and all(segment[i] == 0x3B for i in _HEADER_SEPARATORS)
+    )
+
+
+def _pending_bytes(transport: Transport) -> int:
+    """Bytes in the transport's pushback buffer (0 when it does not say)."""
+    value = getattr(transport, "pending", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _line_char_time(transport: Transport) -> float | None:

@@ -34,12 +34,69 @@ reply, a CRC/LRC error or a malformed frame; FC05 is never retried; exception re
 retried. There is no deadline around a multi-transaction operation (HW lesson: it cancelled
 valid retries mid-sweep).
 
-**Late replies.** anymodbus's late-reply window is on (50 ms, the silence): after an attempt
-whose outcome is uncertain (timeout, checksum or frame error, mismatched reply, cancellation)
-the Bus discards what arrives before sending again. The line learns of such attempts through
-anymodbus's transaction observer and folds the window into its own silence, extended to cover
-the slowest possible reply measured from when the request left (turnaround + a maximum-size
-ADU), so the window is waited out *before* the next attempt's response timeout starts.
+**Late replies** (api.md §5, "No wrong value from a late reply"). RTU and ASCII carry no
+transaction id, and a read reply does not repeat its register address: a reply that arrives
+after its request timed out looks exactly like the answer to the next read of the same shape
+(I1's block returned as I2's, or the previous poll's values as this poll's). Three rules keep
+that from ever producing a value:
+
+* *Retries of the same request* may take a late reply to an earlier attempt: it answers the
+  same question, asked after the transaction began.
+* *The fence.* An attempt whose outcome leaves a reply possibly in flight — a timeout, a
+  checksum or frame error, a mismatched reply, a cancellation once the request started
+  out — makes the line *uncertain* for that slave address, and it stays so, whatever
+  later attempts of the same transaction bring, until a fence completes. Every new
+  transaction (not a retry) to an uncertain address — even one with an identical ADU, such as
+  the next poll's FC04 (0, 70) — is preceded by a fence: FC08 sub-function 0 with a fresh
+  2-byte payload (a counter from a random start that skips every payload used on this line
+  recently, ``AB CD`` and ``00 00`` included). Every byte read before the echo of *that*
+  payload is discarded and counted as stale; a serial slave answers in order, so nothing it
+  was asked before the fence can arrive after the echo. An exception reply (``0x88``, e.g.
+  exception 01 from firmware without FC08) ends the fence too: it is still a reply, so it
+  proves the ordering as well (it names no payload, so after an unanswered fence attempt the
+  exception taken may be that attempt's and the newer one still on its way — an FC08 reply,
+  which no read decodes as a value: it fails that read as mismatched, and the line is
+  uncertain again). A fence attempt that times out is retried like any request (a fresh
+  payload each time; the echo of an earlier attempt's payload is stale); when none is
+  answered the operation fails with ``ServomexTimeoutError`` without sending its request. FC08
+  loopbacks themselves are neither fenced nor fences: their echo is checked against their own
+  payload, so a late reply cannot become a value.
+* *Too early.* No reply is taken on trust that began sooner after its request than this
+  line's smallest measured turnaround minus one character time. Such a reply either belongs
+  to an older request or is ours and merely faster than any timed so far (the analyser
+  answers in 20-40 ms, so the first few timings overstate its floor, and a fixed rule would
+  keep rejecting good replies). In order, a stale reply is followed by the reply to our
+  request, so the line is listened to for as long as this slave has ever taken to answer
+  (plus the silence): if anything arrives, the early reply was stale — it is rejected
+  (counted in ``early_replies``), what followed is discarded up to the silence, and the
+  request is retried on the now clean line; if nothing does, the early reply was the only
+  one in flight, hence ours: it is accepted and becomes the line's new smallest turnaround.
+  Nothing is sent for this, and the listening stands in for the silence the next request
+  waits anyway. FC08 loopbacks are exempt (their echo names its payload).
+
+  Turnarounds (request sent → the read that brought the reply's first byte) are learned only
+  from replies that cannot be stale — fence echoes, first attempts on a certain line, early
+  replies proved alone — and only when nothing arrived before them (a reply queued behind
+  others times them, not the slave); never from retries, which may take an earlier attempt's
+  late reply. The start is not back-dated by the bytes that came in the same read: a TCP
+  device server or the unpaced simulator delivers a whole reply at once, and a USB adapter
+  holds small replies back for its latency timer, so back-dating would make short and long
+  replies disagree; timed this way, all replies of a line are timed alike.
+
+*The fence lives in the line, at the address that may still answer.* Uncertainty is recorded
+per slave address on the :class:`ModbusLine`, which every client of that port shares, so it
+holds whichever client object or slave address talks next. Another slave's late reply cannot
+become this slave's value (the framer drops frames of other addresses), but it can collide
+with this slave's reply; so before a transaction to address X, every *other* uncertain address
+Y is sent one courtesy fence attempt first. If Y does not answer it, X's transaction goes ahead
+(its replies are told apart by address) and Y gets no more courtesy fences until it next
+becomes uncertain after having answered — one dead analyser must not stall a multidrop line.
+Y's own next transaction still waits for a completed fence at Y, or fails.
+
+anymodbus's own late-reply window stays on (50 ms, the silence): the line learns of uncertain
+attempts through the transaction observer and folds the window into its silence, extended to
+cover the slowest plausible reply measured from when the request left (turnaround + the reply's
+characters), so late bytes are waited out *before* the next attempt's response timeout starts.
 
 **Errors** (protocol.md §4.12) are translated here and nowhere else: exception 01/02/other →
 ``ServomexIllegalFunctionError`` / ``ServomexIllegalDataAddressError`` / ``ServomexModbusError``;
@@ -60,7 +117,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -68,7 +127,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import anymodbus
+from anymodbus.crc import verify_crc
 from anymodbus.framing import get_framer
+from anymodbus.lrc import verify_lrc
 
 from ..devices.models import (
     AnalyserStatus,
@@ -116,6 +177,7 @@ from ..wire.registers import (
     decode_channel_block,
     decode_modbus_name,
     decode_modbus_unit,
+    slot_populated,
     words_to_bytes,
 )
 
@@ -149,6 +211,12 @@ _IDEMPOTENT = frozenset({0x01, 0x02, 0x03, 0x04, 0x08})
 _FC_READ_COILS = 0x01
 _FC_WRITE_COIL = 0x05
 _FC_DIAGNOSTICS = 0x08
+_FENCE_PREFIX = b"\x08\x00\x00"  # FC08 sub-function 0 "return query data" (protocol.md §4.10)
+_RESERVED_PAYLOADS = frozenset({b"\xab\xcd", b"\x00\x00"})  # AUTO's probe, loopback's default
+_RECENT_PAYLOADS = 64  # payloads remembered per line, so a fence never reuses a recent one
+_PAYLOAD_STEP = 0x9E37  # odd: the counter visits all 65536 payloads before repeating
+_RTU_EXCEPTION_LEN = 5  # addr · fc|0x80 · code · CRC
+_ASCII_EXCEPTION_LEN = 11  # ':' · 8 hex digits · CR LF
 _UNCERTAIN = frozenset(
     {
         anymodbus.TransactionOutcome.TIMEOUT,
@@ -221,6 +289,7 @@ class _LineStream(anyio.abc.ByteStream):
         drain = getattr(self._transport, "drain", None)
         if drain is not None:
             await drain()
+            self._line._sent()  # the request left now: replies are timed from here
 
     async def send_eof(self) -> None:
         await self._transport.send_eof()
@@ -232,9 +301,11 @@ class _LineStream(anyio.abc.ByteStream):
 class ModbusLine:
     """One serial line shared by the :class:`ModbusClient` of every slave on it.
 
-    Holds the transport, one ``anymodbus.Bus``, the lock that serialises transactions and the
-    time of the last byte on the line, so the 50 ms silence holds across a change of slave
-    address. Closing the line closes the transport.
+    Holds the transport, one ``anymodbus.Bus``, the lock that serialises transactions, the
+    time of the last byte on the line (so the 50 ms silence holds across a change of slave
+    address) and the late-reply state of every slave on it: which addresses are uncertain and
+    must be fenced before their next transaction, the payloads used recently and the smallest
+    turnaround measured (see the module docstring). Closing the line closes the transport.
 
     Args:
         transport: the byte transport (pushed-back bytes are dropped: the Modbus framer never
@@ -276,6 +347,16 @@ class ModbusLine:
         self._capture: bytearray | None = None
         self._stale_bytes = 0
         self._closed = False
+        self._stream = _LineStream(transport, self)
+        self._chunks: list[tuple[float, int]] = []  # captured reads: (arrival, end offset)
+        self._attempt_sent = False
+        self._suspects: dict[int, _Suspect] = {}
+        self._fence_enabled = True  # private knob: tests switch fences off to show they matter
+        self._recent_payloads: deque[bytes] = deque(maxlen=_RECENT_PAYLOADS)
+        # A random start: a new line (a reconnect) does not repeat the last session's payloads.
+        self._payload_counter = random.getrandbits(16)
+        self._min_turnaround: float | None = None
+        self._max_turnaround: float | None = None
         self.lock = anyio.Lock()
         config = anymodbus.BusConfig(
             request_timeout=_BUS_CEILING_S,
@@ -288,7 +369,7 @@ class ModbusLine:
             reset_input_buffer_before_request=False,  # stale bytes are read and discarded
         )
         self.bus = anymodbus.Bus(
-            _LineStream(transport, self),
+            self._stream,
             config=config,
             framing=_FRAMINGS[self._framing],
             on_transaction=self._observe,
@@ -296,7 +377,8 @@ class ModbusLine:
         transport.drain_input()
 
     def __repr__(self) -> str:
-        return f"<ModbusLine {self._transport.label!r} {self._framing.value}>"
+        uncertain = ",".join(str(a) for a in self._suspects) or "none"
+        return f"<ModbusLine {self._transport.label!r} {self._framing.value} uncertain={uncertain}>"
 
     @property
     def transport(self) -> Transport:
@@ -318,6 +400,16 @@ class ModbusLine:
     @property
     def is_closed(self) -> bool:
         return self._closed
+
+    @property
+    def uncertain_addresses(self) -> tuple[int, ...]:
+        """Slave addresses whose next transaction must be preceded by a fence."""
+        return tuple(self._suspects)
+
+    @property
+    def min_turnaround_s(self) -> float | None:
+        """The smallest request-to-reply time measured on this line (None before any)."""
+        return self._min_turnaround
 
     def encode_adu(self, slave_address: int, pdu: bytes) -> bytes:
         """The ADU the line would send for ``pdu`` to ``slave_address``."""
@@ -352,6 +444,8 @@ class ModbusLine:
     def begin_capture(self, reply_chars: int | None = None) -> None:
         """Start recording the attempt's reply; ``reply_chars`` sizes its late-reply window."""
         self._capture = bytearray()
+        self._chunks.clear()
+        self._attempt_sent = False
         if reply_chars is not None:
             self._late_reply_s = _MAX_TURNAROUND_S + reply_chars * self._char_time
 
@@ -359,18 +453,198 @@ class ModbusLine:
         data, self._capture = self._capture, None
         return bytes(data) if data else None
 
+    @property
+    def attempt_sent(self) -> bool:
+        """Whether the current attempt has started sending its request (a reply may follow)."""
+        return self._attempt_sent
+
+    def reply_turnaround(self, reply_len: int) -> float | None:
+        """Seconds from the request leaving to the read that brought the reply's first byte.
+
+        The reply is the capture's last ``reply_len`` bytes (the framers read exactly to the
+        end of the frame). None when nothing is known.
+        """
+        if self._capture is None or self._last_sent is None:
+            return None
+        start = max(len(self._capture) - reply_len, 0)
+        for at, end in self._chunks:
+            if end > start:
+                return at - self._last_sent
+        return None
+
+    def reply_alone(self, reply_len: int) -> bool:
+        """Whether the attempt received nothing but its reply (its timing is the slave's)."""
+        return self._capture is not None and len(self._capture) == reply_len
+
+    def is_too_early(self, turnaround: float | None) -> bool:
+        """Whether a reply that began ``turnaround`` s after its request cannot answer it:
+        sooner than the smallest turnaround measured on this line minus one character."""
+        floor = self._min_turnaround
+        if turnaround is None or floor is None:
+            return False
+        return turnaround < floor - self._char_time
+
+    def learn_turnaround(self, turnaround: float | None) -> None:
+        """Record the turnaround of a reply known to answer its own request."""
+        if turnaround is None:
+            return
+        if self._min_turnaround is None or turnaround < self._min_turnaround:
+            self._min_turnaround = turnaround
+        if self._max_turnaround is None or turnaround > self._max_turnaround:
+            self._max_turnaround = turnaround
+
+    async def another_reply_follows(self) -> bool:
+        """After an early reply: does anything follow it? (Call with the lock held.)
+
+        Listens until the slowest turnaround this line has shown (100 ms before any) has
+        passed since the request left, and at least ``silence_s`` since now. A reply to the
+        request would have begun by then. True when a byte came: it and everything after it,
+        up to ``silence_s`` of quiet, is read and counted stale. False when nothing came.
+        """
+        now = anyio.current_time()
+        slowest = _MAX_TURNAROUND_S if self._max_turnaround is None else self._max_turnaround
+        sent = now if self._last_sent is None else self._last_sent
+        deadline = max(now, sent + slowest) + self._silence
+        came = False
+        with anyio.move_on_after(deadline - now):
+            data = await self._transport.receive(_DISCARD_CHUNK)
+            self._received(data, stale=True)
+            came = True
+        if came:
+            await self.wait_silence()
+        return came
+
+    def is_uncertain(self, address: int) -> bool:
+        """Whether ``address`` must be fenced before its next transaction."""
+        return address in self._suspects
+
+    def mark_uncertain(self, address: int) -> None:
+        """A reply from ``address`` may still be on its way: fence before its next transaction."""
+        if address not in self._suspects:
+            self._suspects[address] = _Suspect(anyio.current_time())
+
+    def note_payload(self, payload: bytes) -> None:
+        """Remember an FC08 payload sent on this line, so no fence reuses it soon."""
+        self._recent_payloads.append(bytes(payload))
+
     def _received(self, data: bytes, *, stale: bool = False) -> None:
-        self._last_activity = anyio.current_time()
-        if self._on_receive is not None and data:
-            self._on_receive(data)
+        now = self._note_activity(data)
         if stale:
             self._stale_bytes += len(data)
             _log.debug("discarded %d stale byte(s) on %s", len(data), self._transport.label)
         elif self._capture is not None:
             self._capture += data
+            self._chunks.append((now, len(self._capture)))
+
+    def _note_activity(self, data: bytes) -> float:
+        now = self._last_activity = anyio.current_time()
+        if self._on_receive is not None and data:
+            self._on_receive(data)
+        return now
 
     def _sent(self) -> None:
         self._last_activity = self._last_sent = anyio.current_time()
+        self._attempt_sent = True
+
+    def _open_late_window(self, sent: float | None, ended: float, reply_chars: int) -> None:
+        """After an uncertain attempt: quiet until a late reply to it would have arrived."""
+        until = ended + self._silence
+        if sent is not None:
+            until = max(until, sent + _MAX_TURNAROUND_S + reply_chars * self._char_time)
+        self._quiet_until = max(self._quiet_until, until)
+
+    # -- the fence (call with the lock held) ----------------------------------------------
+
+    async def settle(self, address: int, timeout: float, *, attempts: int) -> _FenceReport:
+        """Fence the line before a new transaction to ``address`` (module docstring).
+
+        First one courtesy fence attempt at every *other* uncertain address that has not
+        already ignored one; then, when ``address`` itself is uncertain, its fence with up to
+        ``attempts`` attempts. Returns what was done; ``own_failed`` when ``address`` stayed
+        uncertain (its transaction must not be sent).
+
+        Raises:
+            ServomexConnectionError: the port failed or closed.
+        """
+        report = _FenceReport()
+        if not self._fence_enabled or not self._suspects:
+            return report
+        for other, suspect in list(self._suspects.items()):
+            courtesy = other != address and not suspect.courtesy_failed
+            if courtesy and not await self._fence(other, timeout, 1, report):
+                suspect.courtesy_failed = True
+        if address in self._suspects and not await self._fence(address, timeout, attempts, report):
+            report.own_failed = True
+        return report
+
+    async def _fence(
+        self, address: int, timeout: float, attempts: int, report: _FenceReport
+    ) -> bool:
+        for attempt in range(attempts):
+            report.attempts += 1
+            await self.wait_silence()
+            if await self._fence_attempt(address, timeout):
+                self._suspects.pop(address, None)
+                report.completed += 1
+                return True
+            _log.debug(
+                "%s: fence attempt %d/%d at address %d unanswered",
+                self._transport.label,
+                attempt + 1,
+                attempts,
+                address,
+            )
+        report.failed += 1
+        _log.info(
+            "%s: no reply to the fence at address %d after %d attempt(s)",
+            self._transport.label,
+            address,
+            attempts,
+        )
+        return False
+
+    async def _fence_attempt(self, address: int, timeout: float) -> bool:
+        """Send one fence; read until its reply (True) or ``timeout`` (False).
+
+        The exchange bypasses anymodbus (which would stop at the first frame): bytes are read
+        from the transport and searched for the reply; everything else is stale.
+        """
+        payload = self._fresh_payload()
+        request = self.encode_adu(address, _FENCE_PREFIX + payload)
+        matcher = _FenceMatcher(self._framing, address, request)
+        await self._stream.send(request)  # stamps _last_sent (again after a drain)
+        await self._stream.drain()
+        sent = self._last_sent
+        done = False
+        with anyio.move_on_after(timeout):
+            while not done:
+                data = await self._transport.receive(_DISCARD_CHUNK)
+                done = matcher.feed(data, self._note_activity(data))
+        if matcher.stale:
+            self._stale_bytes += matcher.stale
+            _log.debug(
+                "fence on %s discarded %d stale byte(s)", self._transport.label, matcher.stale
+            )
+        if done:
+            # An echo that queued behind stale replies times them, not the slave.
+            if (
+                matcher.echo
+                and not matcher.stale
+                and matcher.began is not None
+                and sent is not None
+            ):
+                self.learn_turnaround(matcher.began - sent)
+        else:
+            self._open_late_window(sent, anyio.current_time(), len(request))
+        return done
+
+    def _fresh_payload(self) -> bytes:
+        while True:
+            self._payload_counter = (self._payload_counter + _PAYLOAD_STEP) & 0xFFFF
+            payload = self._payload_counter.to_bytes(2, "big")
+            if payload not in _RESERVED_PAYLOADS and payload not in self._recent_payloads:
+                self.note_payload(payload)
+                return payload
 
     def _observe(self, info: anymodbus.TransactionInfo) -> None:
         """anymodbus transaction observer: open the late-reply window after uncertain attempts."""
@@ -383,6 +657,99 @@ class ModbusLine:
         self._quiet_until = max(self._quiet_until, until)
 
 
+@dataclasses.dataclass(slots=True)
+class _Suspect:
+    """An address whose reply may still be in flight."""
+
+    since: float  # when it became uncertain (line clock)
+    courtesy_failed: bool = False  # ignored a courtesy fence sent for another address
+
+
+@dataclasses.dataclass(slots=True)
+class _FenceReport:
+    """What :meth:`ModbusLine.settle` did before one transaction."""
+
+    completed: int = 0  # fences answered (echo or exception reply)
+    failed: int = 0  # fences none of whose attempts was answered
+    attempts: int = 0  # fence requests sent
+    own_failed: bool = False  # the transaction's own address is still uncertain
+
+
+class _FenceMatcher:
+    """Finds the reply to one fence in the bytes that arrive; the rest is stale.
+
+    The reply is the echo of the fence request (byte for byte, protocol.md §4.10) or an
+    exception reply (function code 0x88) from the fenced address with a valid CRC/LRC. The
+    buffer is bounded: only the tail that could still begin a reply is kept.
+    """
+
+    def __init__(self, framing: ProtocolKind, address: int, request: bytes) -> None:
+        self._ascii = framing is ProtocolKind.MODBUS_ASCII
+        self._echo = request.upper() if self._ascii else request
+        self._exc_head = b":%02X88" % address if self._ascii else bytes((address, 0x88))
+        self._exc_len = _ASCII_EXCEPTION_LEN if self._ascii else _RTU_EXCEPTION_LEN
+        self._keep = max(len(self._echo), self._exc_len) - 1
+        self._buf = bytearray()
+        self._base = 0  # stream offset of _buf[0]
+        self._chunks: deque[tuple[float, int]] = deque()  # (arrival, end offset)
+        self.received = 0
+        self.match_len = 0
+        self.echo = False
+        self.began: float | None = None
+
+    @property
+    def stale(self) -> int:
+        """Bytes received that are not the fence's reply."""
+        return self.received - self.match_len
+
+    def feed(self, data: bytes, now: float) -> bool:
+        self.received += len(data)
+        self._chunks.append((now, self.received))
+        self._buf += data.upper() if self._ascii else data
+        found = self._find(bytes(self._buf))
+        if found is not None:
+            index, self.match_len, self.echo = found
+            start = self._base + index
+            for at, end in self._chunks:
+                if end > start:
+                    self.began = at  # when the read with the reply's first byte returned
+                    break
+            return True
+        excess = len(self._buf) - self._keep
+        if excess > 0:
+            del self._buf[:excess]
+            self._base += excess
+            while len(self._chunks) > 1 and self._chunks[0][1] <= self._base:
+                self._chunks.popleft()
+        return False
+
+    def _find(self, buf: bytes) -> tuple[int, int, bool] | None:
+        best: tuple[int, int, bool] | None = None
+        i = buf.find(self._echo)
+        if i >= 0:
+            best = (i, len(self._echo), True)
+        j = buf.find(self._exc_head)
+        while j >= 0 and (best is None or j < best[0]):
+            frame = buf[j : j + self._exc_len]
+            if len(frame) < self._exc_len:
+                break  # may still complete
+            if self._valid_exception(frame):
+                return (j, self._exc_len, False)
+            j = buf.find(self._exc_head, j + 1)
+        return best
+
+    def _valid_exception(self, frame: bytes) -> bool:
+        if not self._ascii:
+            return verify_crc(frame)
+        if frame[-2:] != b"\r\n":
+            return False
+        try:
+            raw = bytes.fromhex(frame[1:-2].decode("ascii"))
+        except ValueError:
+            return False
+        return verify_lrc(raw)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModbusStatistics:
     """Counters of one client (one slave address).
@@ -390,7 +757,13 @@ class ModbusStatistics:
     ``transactions`` counts requests (each once, however many attempts); ``attempts`` every
     request sent; ``retries`` the extra attempts; ``timeouts`` transactions that ended in
     ``ServomexTimeoutError``; ``exceptions`` Modbus exception replies; ``checksum_errors``
-    attempts answered with a bad CRC/LRC; ``stale_bytes`` bytes discarded by the line's silence.
+    attempts answered with a bad CRC/LRC; ``stale_bytes`` bytes the line discarded — during
+    its silences and while waiting for a fence's reply (line-wide: every client of the line
+    reports the same number). The late-reply counters (module docstring) count this client's
+    transactions: ``fences`` fences completed before them (courtesy fences at other addresses
+    included), ``fence_failures`` fences none of whose attempts was answered, ``early_replies``
+    replies rejected because they began sooner after their request than the line's fastest
+    turnaround minus one character.
     """
 
     transactions: int = 0
@@ -400,6 +773,9 @@ class ModbusStatistics:
     exceptions: int = 0
     checksum_errors: int = 0
     stale_bytes: int = 0
+    fences: int = 0
+    fence_failures: int = 0
+    early_replies: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -410,6 +786,9 @@ class _Counters:
     timeouts: int = 0
     exceptions: int = 0
     checksum_errors: int = 0
+    fences: int = 0
+    fence_failures: int = 0
+    early_replies: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -538,6 +917,9 @@ class ModbusClient:
             c.exceptions,
             c.checksum_errors,
             self._line.stale_bytes,
+            c.fences,
+            c.fence_failures,
+            c.early_replies,
         )
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
@@ -619,9 +1001,10 @@ class ModbusClient:
     async def identify(self, *, timeout: float | None = None) -> DeviceInfo:
         """FC04 (0, 70) on every call: refresh the name/unit cache and list populated slots.
 
-        A slot is populated when its name or unit registers carry non-blank text (an unlabelled
-        ``||||||`` slot counts, with name None). Later sweeps cover only those slots; when none
-        qualifies, sweeps stay at all ten.
+        A slot is populated when its name registers hold a label (not blank, not ``||||||``) or
+        its unit registers are not blank (api.md §5): ``||||||`` with a blank unit is an empty
+        slot; an unlabelled slot that reports a unit is listed with name None. Later sweeps
+        cover only those slots; when none qualifies, sweeps stay at all ten.
 
         Firmware that refuses the broad read with exception 02 (it covers unmapped slots) is
         asked slot by slot instead, FC04 (block, 7); a slot refused on its own is unpopulated
@@ -661,7 +1044,7 @@ class ModbusClient:
             text = block[4:14]
             meta = _Meta(decode_modbus_name(text[:6]), decode_modbus_unit(text[6:]))
             self._meta[spec.channel] = meta
-            if text.strip(b" \x00"):
+            if slot_populated(text[:6], text[6:]):
                 infos.append(ChannelInfo(spec.channel, spec.kind, meta.name, meta.unit))
         self._populated = tuple(i.channel for i in infos) or None
         settings = self.transport.serial_settings
@@ -717,10 +1100,13 @@ class ModbusClient:
                 context=self._context(function_code=_FC_DIAGNOSTICS),
             )
         pdu = bytes((_FC_DIAGNOSTICS, 0, 0)) + data
+        self._line.note_payload(data)
         echo = await self._transact(
             _FC_DIAGNOSTICS, 0, pdu, lambda s: s.diagnostic_loopback(data), t
         )
         if echo != data:
+            # Another request's echo: this one's may still be on its way.
+            self._line.mark_uncertain(self.address)
             raise ServomexProtocolError(
                 f"loopback echoed {echo.hex(' ')} for {data.hex(' ')}",
                 context=self._context(
@@ -888,14 +1274,22 @@ class ModbusClient:
         *,
         channel: ChannelId | None = None,
     ) -> T:
-        """One transaction: silence, attempt, classify; retries per protocol.md §9.1."""
+        """One transaction: fence when needed, then silence, attempt, classify.
+
+        Retries per protocol.md §9.1; the late-reply rules (fence, too-early replies) per the
+        module docstring. FC08 loopbacks are not fenced: their echo names its own payload.
+        """
         if self._line.is_closed:
             raise ServomexConnectionError(
                 f"{self.transport.label} is closed",
                 context=self._context(function_code=function_code, register=register),
             )
-        request = self._line.encode_adu(self.address, request_pdu)
+        line = self._line
+        request = line.encode_adu(self.address, request_pdu)
         reply_chars = _reply_chars(self.protocol, request_pdu)
+        exception_chars = (
+            _RTU_EXCEPTION_LEN if self.protocol is ProtocolKind.MODBUS_RTU else _ASCII_EXCEPTION_LEN
+        )
         attempts = 1 + RETRIES if function_code in _IDEMPOTENT else 1
         started = time.monotonic()
         self._counters.transactions += 1
@@ -912,30 +1306,47 @@ class ModbusClient:
                 elapsed_s=time.monotonic() - started,
             ).merged(**kw)
 
-        async with self._line.lock:
+        async with line.lock:
+            if function_code != _FC_DIAGNOSTICS:
+                await self._settle(timeout, context)
+            # Only a first attempt on a certain line times a reply that surely answers it.
+            certain_line = not line.is_uncertain(self.address)
+            # FC08 echoes name their own payload: the early rule is for replies that do not.
+            judge_early = function_code != _FC_DIAGNOSTICS
             for attempt in range(attempts):
                 self._counters.attempts += 1
                 if attempt:
                     self._counters.retries += 1
                 try:
-                    await self._line.wait_silence()
+                    await line.wait_silence()
                 except ServomexError as exc:
                     raise exc.with_context(**_fields(context())) from exc.__cause__
-                self._line.begin_capture(reply_chars)
+                line.begin_capture(reply_chars)
+                settled = False  # nothing from this attempt can still be on its way
                 try:
                     with anyio.fail_after(timeout):
-                        return await call(self._slave)
+                        result = await call(self._slave)
                 except anymodbus.ModbusExceptionResponse as exc:
-                    response = self._line.end_capture()
-                    self._counters.exceptions += 1
-                    raise _exception_reply(exc, context()) from exc
+                    turnaround = line.reply_turnaround(exception_chars)
+                    alone = line.reply_alone(exception_chars)
+                    response = line.end_capture()
+                    early = judge_early and line.is_too_early(turnaround)
+                    if early and not await self._judge_early(turnaround):
+                        settled = True  # what followed it was read to the silence
+                        last = self._early_error(turnaround)
+                    else:
+                        settled = True
+                        if attempt == 0 and certain_line and alone:
+                            line.learn_turnaround(turnaround)
+                        self._counters.exceptions += 1
+                        raise _exception_reply(exc, context()) from exc
                 except anymodbus.UnexpectedResponseError as exc:
-                    response = self._line.end_capture()
+                    response = line.end_capture()
                     raise ServomexProtocolError(str(exc), context=context()) from exc
                 except anymodbus.ConfigurationError as exc:
                     raise ServomexValidationError(str(exc), context=context()) from exc
                 except (anymodbus.ProtocolError, anymodbus.FrameTimeoutError, TimeoutError) as exc:
-                    response = self._line.end_capture()
+                    response = line.end_capture()
                     lost = _connection_cause(exc)
                     if lost is not None:
                         raise lost.with_context(**_fields(context())) from exc
@@ -943,21 +1354,37 @@ class ModbusClient:
                         self._counters.checksum_errors += 1
                     last = exc
                 except (anymodbus.ConnectionLostError, anymodbus.BusClosedError) as exc:
-                    response = self._line.end_capture()
+                    response = line.end_capture()
                     lost = _connection_cause(exc)
                     if lost is not None:
                         raise lost.with_context(**_fields(context())) from exc
                     raise ServomexConnectionError(str(exc), context=context()) from exc
                 except anymodbus.ModbusError as exc:
-                    response = self._line.end_capture()
+                    response = line.end_capture()
                     raise ServomexModbusError(
                         str(exc) or type(exc).__name__, context=context()
                     ) from exc
                 except ServomexError as exc:
-                    response = self._line.end_capture()
+                    response = line.end_capture()
                     raise exc.with_context(**_fields(context())) from exc
+                else:
+                    turnaround = line.reply_turnaround(reply_chars)
+                    early = judge_early and line.is_too_early(turnaround)
+                    if early and not await self._judge_early(turnaround):
+                        response = line.end_capture()
+                        settled = True  # what followed it was read to the silence
+                        last = self._early_error(turnaround)
+                    else:
+                        settled = True
+                        if attempt == 0 and certain_line and line.reply_alone(reply_chars):
+                            line.learn_turnaround(turnaround)
+                        return result
                 finally:
-                    self._line.end_capture()
+                    if not settled and line.attempt_sent:
+                        # Whatever ended the attempt (timeout, bad frame, a stale or too-early
+                        # reply, cancellation), a reply to it may still be on its way.
+                        line.mark_uncertain(self.address)
+                    line.end_capture()
                 if attempt + 1 < attempts:
                     _log.debug(
                         "%s: attempt %d/%d of FC%02d at %d failed (%s); retrying",
@@ -976,6 +1403,58 @@ class ModbusClient:
         )
         raise ServomexTimeoutError(message, context=context(extra={"attempts": attempts})) from last
 
+    async def _settle(self, timeout: float, context: Callable[..., ErrorContext]) -> None:
+        """Fence the line before a new transaction; raise when this address stays uncertain."""
+        try:
+            report = await self._line.settle(self.address, timeout, attempts=1 + RETRIES)
+        except ServomexError as exc:
+            raise exc.with_context(**_fields(context())) from exc.__cause__
+        self._counters.fences += report.completed
+        self._counters.fence_failures += report.failed
+        if report.own_failed:
+            self._counters.timeouts += 1
+            raise ServomexTimeoutError(
+                f"no response from slave to the line fence (FC08 echo, {1 + RETRIES} attempts): "
+                "a late reply to an earlier request may still be on its way, so this request "
+                "was not sent",
+                context=context(extra={"fence_attempts": report.attempts}),
+            )
+
+    async def _judge_early(self, turnaround: float | None) -> bool:
+        """A reply began sooner than the line's fastest turnaround: is it ours?
+
+        In order, a stale reply is followed by the reply to our request. So the line is
+        listened to for as long as this slave has ever taken to answer: when something comes,
+        the early reply was stale (False: rejected, counted; what followed is discarded up to
+        the silence, so the retry finds a clean line). When nothing comes, it was the only
+        reply in flight — ours, just faster than any timed so far (True: accepted, and it
+        becomes the line's fastest turnaround). Nothing is sent, and the listening replaces
+        most of the silence the next request would have waited anyway.
+        """
+        line = self._line
+        floor = line.min_turnaround_s
+        if await line.another_reply_follows():
+            self._counters.early_replies += 1
+            return False
+        line.learn_turnaround(turnaround)
+        _log.debug(
+            "%s: a reply %.1f ms after its request (fastest so far %.1f ms) was the only one "
+            "in flight; accepted",
+            self.device,
+            1000 * (turnaround or 0.0),
+            1000 * (floor or 0.0),
+        )
+        return True
+
+    def _early_error(self, turnaround: float | None) -> _EarlyReplyError:
+        error = _EarlyReplyError(
+            f"a reply began {1000 * (turnaround or 0.0):.1f} ms after the request, sooner than "
+            "this line's fastest turnaround minus one character, and another reply followed "
+            "it: it answered an older request"
+        )
+        _log.info("%s: %s; discarded", self.device, error)
+        return error
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _resolve_timeout(self, timeout: float | None) -> float:
@@ -986,6 +1465,10 @@ class ModbusClient:
         return ErrorContext(
             port=self.transport.label, protocol=self.protocol, address=self.address
         ).merged(**kw)
+
+
+class _EarlyReplyError(Exception):
+    """A reply that began too soon after its request to answer it (never raised to users)."""
 
 
 def _stamp() -> tuple[datetime, int, float]:

@@ -9,27 +9,43 @@ what is the same for every wire mode:
   ``start_calibration(7, confirm=True)`` raises ServomexProtocolUnsupportedError in continuous
   mode and ServomexValidationError over Modbus — before any byte is sent (protocol.md §11).
 * **A session lock** serialising calls on one Analyzer.
-* **The session** (``async with``): a task group the Analyzer owns, in which a continuous
-  client runs its receiver; identify on entry when asked. Exit cancels the receiver and closes
-  the client and transport even when the graceful part fails. Modbus Analyzers also work
-  without being entered.
+* **The session** (``async with``). A continuous Analyzer owns a task group in which its client
+  runs the receiver, so it is entered and left in one task. A Modbus Analyzer runs nothing in
+  the background and owns **no** task group: entering it only marks the session started (and
+  identifies when asked), so it may be entered in one task and closed in another — e.g. by a
+  ``reconnect_factory`` that runs inside ``record()`` and enters the new Analyzer in the
+  caller's ``AsyncExitStack``. Modbus Analyzers also work without being entered. Exit cancels
+  the receiver and closes the client and transport even when the graceful part fails.
+* **Cancellation at any point** unwinds cleanly: a failed or cancelled entry exits whatever it
+  had entered (in LIFO order, in the entering task) before the error propagates, and the close
+  paths are shielded, so the caller's cancel scopes, the port and its fd are never left behind.
+* **Identify is cached** (api.md §5): the first ``identify()`` reads the device and caches the
+  result in ``info``; later calls return ``info`` with no I/O unless ``refresh=True``. With
+  ``identify_lazily`` (set by the manager for the Analyzers it builds) a sweep — ``poll``,
+  ``read_all``, ``poll_samples`` — first identifies, under the session lock, when nothing is
+  cached yet, so a Modbus sweep covers only the populated slots; a failed identify fails that
+  sweep and is tried again by the next one (never a fallback sweep of all ten slots, which
+  would report empty slots as readings).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ..clients.base import AnalyzerClient, ControlClient
 from ..errors import (
     ErrorContext,
     ServomexConfirmationRequiredError,
+    ServomexError,
     ServomexProtocolUnsupportedError,
     ServomexValidationError,
 )
@@ -78,6 +94,9 @@ class Analyzer:
         client: the protocol client (``ContinuousClient`` or ``ModbusClient``); owned.
         device: label used in samples and errors; empty → the transport label.
         identify_on_enter: run ``identify()`` when the session starts and cache it in ``info``.
+        identify_lazily: identify before the first sweep (``poll``/``read_all``/
+            ``poll_samples``) while ``info`` is not cached; a failed identify fails that sweep
+            and is retried by the next. ``ServomexManager`` sets it for the Analyzers it builds.
     """
 
     def __init__(
@@ -86,10 +105,12 @@ class Analyzer:
         *,
         device: str = "",
         identify_on_enter: bool = False,
+        identify_lazily: bool = False,
     ) -> None:
         self._client = client
         self._device = device or client.transport.label
         self._identify_on_enter = identify_on_enter
+        self._identify_lazily = identify_lazily
         self._lock = anyio.Lock()
         self._info: DeviceInfo | None = None
         self._last_frame: Frame | None = None
@@ -155,6 +176,11 @@ class Analyzer:
 
     # ------------------------------------------------------------------ session
 
+    @property
+    def _runs_receiver(self) -> bool:
+        """Only a continuous client has background work (its receiver) and so a task group."""
+        return self.protocol is ProtocolKind.CONTINUOUS_ASCII
+
     async def __aenter__(self) -> Self:
         if self._entered or self._closed:
             raise ServomexValidationError(
@@ -162,16 +188,20 @@ class Analyzer:
             )
         self._entered = True
         stack = AsyncExitStack()
+        # Callbacks run in reverse: the task group (if any) exits first, then the client closes.
+        stack.push_async_callback(self._close_client)
         try:
-            # Callbacks run in reverse: the task group exits first, then the client is closed.
-            stack.push_async_callback(self._close_client)
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            await self._client.start(self._tg)
+            if self._runs_receiver:
+                self._tg = await stack.enter_async_context(anyio.create_task_group())
+                await self._client.start(self._tg)
             if self._identify_on_enter:
                 await self.identify()
-        except BaseException:
+        except BaseException as exc:
+            # Failed or cancelled part-way: leave what was entered, in this task, with the
+            # exception in flight (a task group left unexited would corrupt the caller's cancel
+            # scope stack), then let the exception propagate.
             self._closed = True
-            await self._unwind(stack)
+            await self._unwind(stack, exc)
             raise
         self._stack = stack
         return self
@@ -182,10 +212,17 @@ class Analyzer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self._close(exc)
 
     async def aclose(self) -> None:
-        """End the session: cancel the receiver, close client and transport. Idempotent."""
+        """End the session: cancel the receiver, close client and transport. Idempotent.
+
+        A continuous Analyzer must be closed by the task that entered it (its task group);
+        a Modbus Analyzer may be closed from any task.
+        """
+        await self._close(None)
+
+    async def _close(self, exc: BaseException | None) -> None:
         if self._closed:
             return
         self._closed = True
@@ -193,15 +230,20 @@ class Analyzer:
         if stack is None:
             await self._close_client()
         else:
-            await self._unwind(stack)
+            await self._unwind(stack, exc)
 
-    async def _unwind(self, stack: AsyncExitStack) -> None:
+    async def _unwind(self, stack: AsyncExitStack, exc: BaseException | None) -> None:
         # No shield around the task group's exit: cancel scopes must unwind in LIFO order
         # (trio). The receiver is cancelled explicitly and the close paths shield themselves.
+        # A cancellation in flight is handed to the task group (it is the host's own); any
+        # other error is not, so it propagates bare instead of wrapped in an exception group.
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         self._tg = None
-        await stack.aclose()
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+        else:
+            await stack.aclose()
 
     async def _close_client(self) -> None:
         # Shielded: a cancelled caller must still release the port.
@@ -251,14 +293,19 @@ class Analyzer:
         """A whole frame (api.md §5). Continuous: the latest cached frame, or the next one
         when none is cached or ``wait_fresh``. Modbus: one sweep.
 
+        With ``identify_lazily`` and nothing cached in ``info`` yet, identifies first (under the
+        same lock hold), so the sweep covers only the populated slots.
+
         Raises:
             ServomexConnectionError: continuous Analyzer not entered, or its stream ended.
-            ServomexTimeoutError: no frame / no reply in time.
+            ServomexTimeoutError: no frame / no reply in time (the lazy identify included).
         """
         self._require(Capability.READ_CHANNELS, "poll")
         _check_timeout(timeout, self._ctx())
         async with self._lock:
-            frame = await self._client.poll(wait_fresh=wait_fresh, timeout=timeout)
+            if self._identify_lazily and self._info is None:
+                self._info = await _io(self._client.identify(timeout=timeout))
+            frame = await _io(self._client.poll(wait_fresh=wait_fresh, timeout=timeout))
         self._last_frame = frame
         return frame
 
@@ -268,7 +315,7 @@ class Analyzer:
         cid = self._channel(ch)
         _check_timeout(timeout, self._ctx())
         async with self._lock:
-            return await self._client.read_channel(cid, timeout=timeout)
+            return await _io(self._client.read_channel(cid, timeout=timeout))
 
     async def read_all(self, *, timeout: float | None = None) -> dict[ChannelId, Reading]:
         """One poll keyed by channel, in frame order."""
@@ -280,21 +327,36 @@ class Analyzer:
         cid = self._channel(ch)
         _check_timeout(timeout, self._ctx())
         async with self._lock:
-            return await self._client.status(cid, timeout=timeout)
+            return await _io(self._client.status(cid, timeout=timeout))
 
     async def analyser_status(self, *, timeout: float | None = None) -> AnalyserStatus:
         self._require(Capability.READ_STATUS, "analyser_status")
         _check_timeout(timeout, self._ctx())
         async with self._lock:
-            return await self._client.analyser_status(timeout=timeout)
+            return await _io(self._client.analyser_status(timeout=timeout))
 
-    async def identify(self, *, timeout: float | None = None) -> DeviceInfo:
-        """Identify the analyser (I/O on every call) and cache the result in ``info``."""
+    async def identify(self, *, refresh: bool = False, timeout: float | None = None) -> DeviceInfo:
+        """The analyser's identity, cached in ``info`` (api.md §5).
+
+        The first call reads the device; later calls return ``info`` with no I/O unless
+        ``refresh=True``, which re-reads it and replaces the cache (over Modbus this also
+        refreshes the name/unit cache and the populated slots that sweeps cover).
+
+        Raises:
+            ServomexProtocolUnsupportedError: the client cannot identify.
+            ServomexValidationError: a bad ``timeout``.
+        """
         self._require(Capability.IDENTIFY, "identify")
         _check_timeout(timeout, self._ctx())
+        cached = self._info
+        if cached is not None and not refresh:
+            return cached
         async with self._lock:
-            info = await self._client.identify(timeout=timeout)
-        self._info = info
+            cached = self._info
+            if cached is not None and not refresh:
+                return cached  # filled by a call that held the lock before us
+            info = await _io(self._client.identify(timeout=timeout))
+            self._info = info
         return info
 
     def snapshot(self) -> Frame:
@@ -434,6 +496,21 @@ class Analyzer:
                         send.send_nowait(sample)
 
         return StreamingSession.with_producer(produce, mode=StreamMode.POLL)
+
+
+async def _io[T](operation: Awaitable[T]) -> T:
+    """Await a client read; a cancelled caller gets its cancellation, never a stale error.
+
+    A continuous receiver runs in a task group inside the caller's cancel scopes, so cancelling
+    the caller can stop the receiver first; a read waiting for a frame then wakes up to
+    "receiver stopped" before its own cancellation is delivered. That error is an artefact of
+    the cancellation: deliver the cancellation instead.
+    """
+    try:
+        return await operation
+    except ServomexError:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        raise
 
 
 def _coerce_mode(mode: StreamMode | str | None, ctx: ErrorContext) -> StreamMode | None:

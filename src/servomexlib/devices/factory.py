@@ -1,12 +1,16 @@
 """Entry points: ``open_device``, ``open_continuous`` and ``detect_protocol`` (api.md §4).
 
 Every argument is validated before any I/O. A string port is opened (and owned) here; a
-Transport is used as is. Either way the returned Analyzer closes the transport on exit.
+Transport is used as is. Either way the returned Analyzer closes the transport on exit. An
+open that fails or is cancelled after the port was opened (during AUTO detection) closes the
+port it opened, shielded, before the error propagates.
 """
 
 from __future__ import annotations
 
 import math
+
+import anyio
 
 from ..clients.base import AnalyzerClient
 from ..clients.continuous import ContinuousClient, first_frame_wait
@@ -130,7 +134,9 @@ async def open_device(
         )
     except BaseException:
         if owned:
-            await transport.aclose()
+            # Shielded: a cancelled open must still release the port it opened.
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
         raise
     return Analyzer(client, identify_on_enter=identify)
 

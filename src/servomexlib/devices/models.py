@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
@@ -39,6 +40,7 @@ __all__ = [
     "SafetyTier",
     "Sample",
     "StreamMode",
+    "ValueState",
 ]
 
 
@@ -139,6 +141,17 @@ class OverflowPolicy(enum.Enum):
     DROP_OLDEST = "drop_oldest"
 
 
+class ValueState(enum.StrEnum):
+    """Whether a reading carries a number and, if not, why (api.md §2).
+
+    ``Reading.value`` is None exactly when the state is not OK.
+    """
+
+    OK = "ok"  # the value field held a finite number
+    OVER_RANGE = "over_range"  # the analyser sent an over/under-range glyph (******, OVER, ...)
+    INVALID = "invalid"  # blank, unparsable or non-finite (Modbus NaN/±inf)
+
+
 class ErrorPolicy(enum.Enum):
     """How ServomexManager.execute_each reports failing analysers."""
 
@@ -179,9 +192,19 @@ class ChannelStatus:
 class Reading:
     """One channel's value and status, as decoded from one frame or one Modbus read.
 
-    ``value`` is None for over-range, invalid, blank, unparsable and non-finite readings.
-    ``raw`` holds the bytes the reading came from: the channel block's 8 fields joined by ``;``
-    (continuous) or the 14 register bytes value·name·unit (Modbus).
+    ``value`` is None for over-range, invalid, blank, unparsable and non-finite readings, and
+    ``value_state`` says which: :attr:`ValueState.OK` when ``value`` is a number,
+    :attr:`ValueState.OVER_RANGE` for an over/under-range glyph, :attr:`ValueState.INVALID`
+    otherwise. ``raw`` holds the bytes the reading came from: the channel block's 8 fields
+    joined by ``;`` (continuous) or the 14 register bytes value·name·unit (Modbus).
+
+    ``value_state`` may be omitted (it is the last field, so older positional and keyword
+    constructions keep working): it is then OK for a number and INVALID for None.
+
+    Raises:
+        ServomexValidationError: ``value`` is a non-finite number, ``value_state`` is not a
+            ValueState (or its text), or the two disagree (``value`` is None exactly when
+            ``value_state`` is not OK).
     """
 
     channel: ChannelId
@@ -194,6 +217,49 @@ class Reading:
     received_at: datetime
     monotonic_ns: int
     raw: bytes
+    # Declared as ValueState (what every constructed Reading holds); None only as the
+    # "derive it" default, replaced in __post_init__.
+    value_state: ValueState = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        value = self.value
+        # Wider than the declared type: the default None and a state given as text arrive here.
+        state: ValueState | str | None = self.value_state
+        if value is not None:
+            try:
+                finite = math.isfinite(value)
+            except TypeError:
+                finite = False
+            if not finite or isinstance(value, bool):
+                raise ServomexValidationError(
+                    f"Reading of channel {self.channel}: value {value!r} is not a finite "
+                    "number; a reading without a number has value=None and a value_state "
+                    "of over_range or invalid"
+                )
+        if state is None:
+            state = ValueState.INVALID if value is None else ValueState.OK
+            object.__setattr__(self, "value_state", state)
+            return
+        if not isinstance(state, ValueState):
+            try:
+                state = ValueState(state)
+            except ValueError:
+                valid = ", ".join(s.value for s in ValueState)
+                raise ServomexValidationError(
+                    f"Reading of channel {self.channel}: unknown value_state {state!r}; "
+                    f"expected one of {valid}"
+                ) from None
+            object.__setattr__(self, "value_state", state)
+        if (value is None) != (state is not ValueState.OK):
+            raise ServomexValidationError(
+                f"Reading of channel {self.channel}: value {value!r} contradicts value_state "
+                f"{state.value!r} (value is None exactly when value_state is not 'ok')"
+            )
+
+    @property
+    def ok(self) -> bool:
+        """The channel status is ok *and* the reading has a value (api.md §2, §10)."""
+        return self.value_state is ValueState.OK and self.status.ok
 
     def as_dict(self) -> dict[str, Any]:
         """A flat row without timing fields: booleans as 0/1, enums as their values."""
@@ -212,7 +278,7 @@ class Reading:
             "alarm2": int(s.alarms[1]),
             "alarm3": int(s.alarms[2]),
             "alarm4": int(s.alarms[3]),
-            "ok": int(s.ok),
+            "ok": int(self.ok),
             "protocol": self.protocol.value,
         }
 
@@ -323,9 +389,14 @@ class Sample:
         return self.reading.unit if self.reading is not None else None
 
     @property
+    def value_state(self) -> ValueState | None:
+        """``reading.value_state``, or None for an error sample."""
+        return self.reading.value_state if self.reading is not None else None
+
+    @property
     def ok(self) -> bool:
-        """True for a reading whose channel status is ok; False for errors."""
-        return self.reading is not None and self.reading.status.ok
+        """``reading.ok`` (status ok and a value); False for errors."""
+        return self.reading is not None and self.reading.ok
 
 
 def _rebuild_sample(values: dict[str, Any]) -> Sample:
@@ -410,6 +481,7 @@ _READING_FIELDS = (
     "received_at",
     "monotonic_ns",
     "raw",
+    "value_state",
 )
 _FRAME_FIELDS = (
     "readings",
@@ -433,7 +505,7 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> list[Any]:
 
 
 _new = object.__new__
-(_r0, _r1, _r2, _r3, _r4, _r5, _r6, _r7, _r8, _r9) = _slot_setters(Reading, _READING_FIELDS)
+(_r0, _r1, _r2, _r3, _r4, _r5, _r6, _r7, _r8, _r9, _r10) = _slot_setters(Reading, _READING_FIELDS)
 (_f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7) = _slot_setters(Frame, _FRAME_FIELDS)
 (_a0, _a1, _a2, _a3) = _slot_setters(AnalyserStatus, _ANALYSER_FIELDS)
 
@@ -449,8 +521,13 @@ def _build_reading(
     received_at: datetime,
     monotonic_ns: int,
     raw: bytes,
+    value_state: ValueState,
 ) -> Reading:
-    """``Reading(...)`` without the frozen ``__init__`` (equal to it, field for field)."""
+    """``Reading(...)`` without the frozen ``__init__`` (equal to it, field for field).
+
+    Like every builder here it does not validate: the caller guarantees that ``value`` is
+    None exactly when ``value_state`` is not OK.
+    """
     r: Reading = _new(Reading)
     _r0(r, channel)
     _r1(r, kind)
@@ -462,6 +539,7 @@ def _build_reading(
     _r7(r, received_at)
     _r8(r, monotonic_ns)
     _r9(r, raw)
+    _r10(r, value_state)
     return r
 
 

@@ -1,7 +1,8 @@
 """The simulated SERVOPRO 4100 as a pure state machine (api.md §16.1, protocol.md §3-§4, §11).
 
 No I/O, no clock, no anyio: every method that depends on time takes ``now`` (seconds on any
-monotonic scale the caller chooses; the serving layer uses ``time.monotonic()``).
+monotonic scale the caller chooses; the serving layer passes its line clock, by default
+``time.monotonic()``).
 
 Theory of operation
 -------------------
@@ -311,8 +312,9 @@ class RequestOutcome(enum.StrEnum):
     ANSWERED = "answered"  # normal reply sent
     EXCEPTION = "exception"  # exception reply sent (01, 02, 03)
     SILENCE_DROPPED = "silence_dropped"  # lost to the measured silence rule (protocol.md §9.1)
-    DROPPED = "dropped"  # processed, reply suppressed by drop_next()
+    DROPPED = "dropped"  # processed, reply suppressed by drop_next() or lose_replies()
     CORRUPTED = "corrupted"  # processed, reply sent with a corrupted CRC/LRC (corrupt_next())
+    DELAYED = "delayed"  # processed, normal reply sent ``delay_s`` late (delay_next())
     MUTED = "muted"  # processed, no reply because the analyser is muted
     BAD_CHECKSUM = "bad_checksum"  # CRC/LRC or framing error: silently ignored
     OTHER_ADDRESS = "other_address"  # addressed to another slave: silently ignored
@@ -321,12 +323,17 @@ class RequestOutcome(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SimRequest:
-    """One entry of ``Simulator.requests``: when, the raw request ADU, what happened."""
+    """One entry of ``Simulator.requests``: when, the raw request ADU, what happened.
+
+    ``reply`` is the reply ADU built (also when it was then dropped or muted); ``delay_s`` how
+    much later than normal it was transmitted (``Simulator.delay_next``).
+    """
 
     time: float
     adu: bytes
     outcome: RequestOutcome
     reply: bytes | None = None
+    delay_s: float = 0.0
 
 
 class CoilAction(enum.StrEnum):

@@ -15,7 +15,10 @@ reply on the line as an *emission* — bytes with the line time at which each on
 ``receive`` generates any continuous frames that have fallen due, then hands out the bytes
 whose time has come, or sleeps until the next one is due.
 
-Line time is ``time.monotonic()``. With ``realtime=True``:
+Line time is ``time.monotonic()`` unless the simulator was given another ``line_clock``
+(e.g. ``anyio.current_time``, so an in-process line runs on the event loop's clock — under
+trio's ``MockClock`` a test's timeline is virtual: a 3 s timeout costs no wall time). Serving
+a pty or TCP keeps the host clock by default. With ``realtime=True``:
 
 * every character occupies ``bits_per_char / baud`` seconds (10 bits for 8-N-1), for the
   host's bytes and the analyser's alike, and one emission waits for the previous one;
@@ -27,6 +30,13 @@ Line time is ``time.monotonic()``. With ``realtime=True``:
 behaviour, not line timing). Randomness is drawn from generators seeded by ``seed``, one draw
 per request for the drop decision and one per reply for the turnaround whether or not they
 matter, so the same seed and the same traffic give byte-identical transcripts.
+
+**Replies go out in order**, in both modes, as from a real serial slave: the analyser has one
+UART, so an emission never starts before the previous one has ended. A reply held back by
+:meth:`Simulator.delay_next` therefore holds back every later reply (the requests behind it
+are still received and answered — values, counters and coils reflect them at once — but their
+bytes queue behind the late one). This is what makes a host's line fence work: a reply to a
+request sent after the late one can never overtake it.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
 
-from ..devices.models import ChannelId, ProtocolKind
+from ..devices.models import ChannelId, ProtocolKind, coerce_channel
 from ..errors import (
     ErrorContext,
     ServomexConfigurationError,
@@ -101,6 +111,7 @@ _MIN_WAKE_S = 0.001
 #: At most this many missed continuous frames are generated after a long pause.
 _MAX_CATCH_UP_FRAMES = 200
 _TERMINATORS = (b"\r\n", b"\n", b"\r")
+_TIME_EPSILON = 1e-9
 
 
 def silence_drop_probability(gap_s: float) -> float:
@@ -340,7 +351,13 @@ class SimLine:
         self.silence_drop: bool = primary.silence_drop
         #: Seconds per character as the host sees it: the pacing when realtime, else None.
         self.paced_char_time: float | None = self.char_time if self.realtime else None
-        self._clock: Callable[[], float] = time.monotonic
+        self._clock: Callable[[], float] = primary.line_clock
+        for sim in simulators[1:]:
+            if sim.line_clock is not primary.line_clock:
+                raise ServomexValidationError(
+                    "simulators sharing a line must share one line_clock "
+                    f"(address {sim.address} runs on another clock than address {primary.address})"
+                )
         self._rng = random.Random(f"{primary.seed}:line")
         # t3.5 at the line's rate, but never under 15 ms: pty and socket reads can split one
         # request into chunks a few milliseconds apart.
@@ -428,14 +445,15 @@ class SimLine:
         return SimStream(self, self.attach(self.now()))
 
     def transmit(self, data: bytes, start: float) -> float:
-        """Put analyser bytes on the line no earlier than ``start``; returns their end time."""
+        """Put analyser bytes on the line no earlier than ``start``; returns their end time.
+
+        Emissions never overlap or overtake each other, realtime or not: bytes queued behind a
+        delayed reply start when it has ended (one UART, replies in order).
+        """
         if not data:
             return start
-        if self.realtime:
-            start = max(start, self._tx_free)
-            char_time = self.char_time
-        else:
-            char_time = 0.0
+        start = max(start, self._tx_free)
+        char_time = self.char_time if self.realtime else 0.0
         end = start + len(data) * char_time
         self._tx_free = end
         self._activity.append((start, end))
@@ -470,7 +488,9 @@ class SimLine:
 
     def _dispatch(self, request: ModbusRequest, now: float) -> None:
         roll = self._rng.random()  # drawn for every request: same traffic, same draws
-        gap = self._gap_before(request.start)
+        # + 1 ns: line times are sums of floats, and a host that waited exactly 50 ms (virtual
+        # time jumps straight to its deadline) must not come out a rounding error short.
+        gap = self._gap_before(request.start) + _TIME_EPSILON
         lost = self.realtime and self.silence_drop and roll < silence_drop_probability(gap)
         for sim in list(self._simulators):
             if sim.mode is request.framing:
@@ -556,6 +576,12 @@ class SimLine:
             if tg is not None:
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The servers' task group wraps an error raised in the body (e.g. serve_tcp's
+            # "could not listen"); when nothing else failed, let the body's error through as
+            # itself, not as a one-member exception group.
+            if exc is None or not all(leaf is exc for leaf in _leaves(group)):
+                raise
         finally:
             self._cleanup_links()
         return None
@@ -568,9 +594,22 @@ class SimLine:
         return self._tg
 
     async def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> TcpAddress:
-        """Listen for TCP connections; each one attaches to this line. Returns where."""
+        """Listen for TCP connections; each one attaches to this line. Returns where.
+
+        Raises:
+            ServomexConfigurationError: the line is not running (``async with``).
+            ServomexConnectionError: the address cannot be listened on (port in use, unknown
+                host, no permission) — raised here, naming ``tcp://HOST:PORT``.
+        """
         tg = self._require_running()
-        address: TcpAddress = await tg.start(self._run_tcp, host, port)
+        listener = await _listen_tcp(host, port)
+        address = TcpAddress(host, int(listener.extra(SocketAttribute.local_port)))
+        try:
+            await tg.start(self._run_tcp, listener, address)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            raise
         return address
 
     async def serve_pty(self) -> str:
@@ -607,27 +646,33 @@ class SimLine:
 
     async def _run_tcp(
         self,
-        host: str,
-        port: int,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        address: TcpAddress,
         *,
-        task_status: anyio.abc.TaskStatus[TcpAddress] = anyio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = False
+        """Serve ``listener``; after a vanish/reappear cycle listen on the same port again."""
+        current: anyio.abc.Listener[anyio.abc.SocketStream] | None = listener
+        _log.info("simulator %s listening on %s", self.label, address.url)
+        task_status.started()
         while True:
-            await self._wait_vanished(False)
-            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
             try:
-                if not started:
-                    port = int(listener.extra(SocketAttribute.local_port))
-                    _log.info("simulator %s listening on tcp://%s:%d", self.label, host, port)
-                    task_status.started(TcpAddress(host, port))
-                    started = True
+                while current is None:
+                    await self._wait_vanished(False)
+                    try:
+                        current = await _listen_tcp(address.host, address.port)
+                    except ServomexConnectionError as exc:
+                        # Someone took the port while the device was away: keep trying.
+                        _log.warning("simulator %s: %s; retrying", self.label, exc)
+                        await anyio.sleep(0.5)
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(listener.serve, self._serve_connection, tg)
+                    tg.start_soon(current.serve, self._serve_connection, tg)
                     await self._wait_vanished(True)
                     tg.cancel_scope.cancel()
             finally:
-                await listener.aclose()
+                if current is not None:
+                    await current.aclose()
+                current = None
 
     async def _serve_connection(self, conn: anyio.abc.ByteStream) -> None:
         async with conn:
@@ -751,6 +796,36 @@ def _coerce_channels(channels: Iterable[SimChannel | ChannelId | str]) -> list[S
     return out
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def _listen_tcp(host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+    """A TCP listener on ``host:port``; OS errors become one ServomexConnectionError."""
+    url = f"tcp://{host}:{port}"
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ServomexConnectionError(
+            f"could not listen on {url}: {reason}", context=ErrorContext(port=url)
+        ) from exc
+
+
+def _read_clock(clock: Callable[[], float]) -> float:
+    try:
+        return float(clock())
+    except Exception as exc:
+        raise ServomexConfigurationError(
+            f"the simulator's line_clock failed ({exc}); a clock such as anyio.current_time "
+            "needs a running event loop: build the simulator inside it"
+        ) from exc
+
+
 def _check_latency(latency_s: float | tuple[float, float] | Sequence[float]) -> tuple[float, float]:
     if isinstance(latency_s, int | float):
         lo = hi = float(latency_s)
@@ -784,6 +859,10 @@ class Simulator:
         clock: the analyser clock at creation (naive datetime); None → the host clock.
         baudrate: pace the line at this rate instead of ``serial.baudrate`` (e.g. 115200 for
             benchmarks; ``SerialSettings`` itself only accepts 2400-19200).
+        line_clock: the line's monotonic clock in seconds; None → ``time.monotonic`` (the host
+            clock, which pty and TCP serving want). ``anyio.current_time`` runs the line on the
+            event loop's clock, e.g. trio's ``MockClock`` for tests on virtual time; it is read
+            once here, so build the simulator inside the event loop then.
 
     Scenario methods are synchronous and take effect at the next frame or reply.
 
@@ -808,6 +887,7 @@ class Simulator:
         seed: int = 0,
         clock: datetime | None = None,
         baudrate: int | None = None,
+        line_clock: Callable[[], float] | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ServomexValidationError(f"simulator name must be a non-empty word, got {name!r}")
@@ -835,7 +915,11 @@ class Simulator:
         self.realtime = bool(realtime)
         self.seed = int(seed)
         self._rng = random.Random(f"{self.seed}:turnaround")
-        now = time.monotonic()
+        self._reply_loss_rng = random.Random(f"{self.seed}:reply-loss")
+        if line_clock is not None and not callable(line_clock):
+            raise ServomexValidationError(f"line_clock must be callable, got {line_clock!r}")
+        self.line_clock: Callable[[], float] = line_clock or time.monotonic
+        now = _read_clock(self.line_clock)
         self.model = AnalyserModel(
             _coerce_channels(channels),
             mode=mode,
@@ -848,6 +932,10 @@ class Simulator:
         self._requests: deque[SimRequest] = deque(maxlen=100_000)
         self._drop_next = 0
         self._corrupt_next = 0
+        self._delays: deque[float] = deque()
+        self._reply_loss = 0.0
+        self._counter_channel: ChannelId | None = None
+        self._request_count = 0
         self._muted = False
         self._next_frame: float | None = (
             now + FIRST_FRAME_DELAY_S if self.model.mode is ProtocolKind.CONTINUOUS_ASCII else None
@@ -875,7 +963,7 @@ class Simulator:
         return self._line
 
     def now(self) -> float:
-        """The line clock (``time.monotonic()``) the model is driven with."""
+        """The line clock (``line_clock``, by default ``time.monotonic()``) driving the model."""
         return self.line.now()
 
     # ---------------------------------------------------------------- inspection
@@ -999,6 +1087,74 @@ class Simulator:
         """Send the next ``n`` replies with a broken CRC/LRC."""
         self._corrupt_next += max(0, int(n))
 
+    def delay_next(self, seconds: float, n: int = 1) -> None:
+        """Transmit the next ``n`` replies ``seconds`` later than normal (a slow or busy slave).
+
+        Only replies that are transmitted use a delay (dropped, lost and muted ones do not;
+        corrupted ones do). Replies go out in order, so the replies behind a delayed one wait
+        for it: one long delay postpones everything after it, as on a real serial line. A
+        delayed reply is recorded in :attr:`requests` with its ``delay_s``, as ``DELAYED``
+        (a delayed exception or corrupted reply keeps that outcome). Calls queue up:
+        ``delay_next(0.5)`` then ``delay_next(0.2)`` delays the next reply by 0.5 s and the
+        one after it by 0.2 s.
+
+        Raises:
+            ServomexValidationError: ``seconds`` negative or not finite, ``n`` negative.
+        """
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise ServomexValidationError(f"delay must be >= 0 seconds, got {seconds!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ServomexValidationError(f"n must be a count >= 0, got {n!r}")
+        self._delays.extend([float(seconds)] * n)
+
+    def lose_replies(self, fraction: float) -> None:
+        """From now on lose each reply with probability ``fraction`` (0 turns it off).
+
+        The request is still received and applied; its reply is not sent (recorded as
+        ``DROPPED``). Draws come from a generator seeded by ``seed`` — one per addressed
+        request while ``fraction`` > 0 — so the same traffic loses the same replies.
+
+        Raises:
+            ServomexValidationError: ``fraction`` outside 0-1.
+        """
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0.0 <= fraction <= 1.0
+        ):
+            raise ServomexValidationError(f"reply loss must be 0-1, got {fraction!r}")
+        self._reply_loss = float(fraction)
+
+    def count_requests(self, ch: ChannelId | str | None) -> None:
+        """Make channel ``ch`` a request counter; None stops (the value stays where it is).
+
+        Whenever the analyser builds a reply, ``ch``'s value is set to :attr:`request_count`
+        — the requests received so far, this one included — so a reading from ``ch`` tells
+        which request it answers: a reply to a request sent after the host read
+        ``request_count`` carries a larger number than it read. The count reaches the
+        continuous frames too (it is the channel's value).
+
+        Raises:
+            ServomexValidationError: ``ch`` is not simulated.
+        """
+        if ch is None:
+            self._counter_channel = None
+            return
+        self.model.value(ch, self.now())  # validates that the slot is simulated
+        self._counter_channel = coerce_channel(ch)
+        self.model.set_value(self._counter_channel, float(self._request_count), now=self.now())
+
+    @property
+    def request_count(self) -> int:
+        """Requests this analyser has received: a valid checksum, its own address, not lost to
+        the silence rule — whatever became of the reply (dropped, delayed, muted)."""
+        return self._request_count
+
     def mute(self, on: bool = True) -> None:
         """Stop (or resume) transmitting: no replies, no frames. Requests are still applied."""
         self._muted = bool(on)
@@ -1083,24 +1239,36 @@ class Simulator:
             record(SimRequest(request.start, request.adu, RequestOutcome.SILENCE_DROPPED))
             return
         turnaround = self._rng.uniform(*self.latency_s)
+        lose = self._reply_loss > 0.0 and self._reply_loss_rng.random() < self._reply_loss
         line = self.line
         at = request.end if line.realtime else now
+        self._request_count += 1
+        if self._counter_channel is not None:
+            self.model.set_value(self._counter_channel, float(self._request_count), now=at)
         pdu = self._answer(request.pdu, at)
         reply = self._frame_adu(pdu)
         outcome = RequestOutcome.EXCEPTION if pdu[0] & 0x80 else RequestOutcome.ANSWERED
         send = True
+        delay = 0.0
         if self._muted:
             outcome, send = RequestOutcome.MUTED, False
         elif self._drop_next > 0:
             self._drop_next -= 1
             outcome, send = RequestOutcome.DROPPED, False
-        elif self._corrupt_next > 0:
-            self._corrupt_next -= 1
-            reply = corrupt_adu(reply, self.mode)
-            outcome = RequestOutcome.CORRUPTED
-        record(SimRequest(request.start, request.adu, outcome, reply))
+        elif lose:
+            outcome, send = RequestOutcome.DROPPED, False
+        else:
+            if self._corrupt_next > 0:
+                self._corrupt_next -= 1
+                reply = corrupt_adu(reply, self.mode)
+                outcome = RequestOutcome.CORRUPTED
+            if self._delays:
+                delay = self._delays.popleft()
+                if delay > 0.0 and outcome is RequestOutcome.ANSWERED:
+                    outcome = RequestOutcome.DELAYED
+        record(SimRequest(request.start, request.adu, outcome, reply, delay))
         if send:
-            line.transmit(reply, at + turnaround if line.realtime else now)
+            line.transmit(reply, (at + turnaround if line.realtime else now) + delay)
 
     def _emit_frames(self, now: float) -> None:
         if self.model.mode is not ProtocolKind.CONTINUOUS_ASCII or self.frame_period <= 0:

@@ -1,6 +1,6 @@
 """Sinks that store samples, and :func:`pipe` to feed them from a recording (api.md §10).
 
-Every sink stores the same 21 declared columns (:data:`SCHEMA`, see :func:`sample_to_row`) and
+Every sink stores the same 22 declared columns (:data:`SCHEMA`, see :func:`sample_to_row`) and
 has the same life cycle: ``open()``, ``write_many(samples)``, ``close()``, ``async with``.
 
 ==================  =================================================================

@@ -115,12 +115,13 @@ class BaseSink:
 
     async def close(self) -> None:
         """Flush and release the medium. A second call does nothing."""
-        async with self._lock:
-            if not self._is_open:
-                return
-            self._is_open = False
-            # Shielded: a cancelled owner must still release the file or connection.
-            with anyio.CancelScope(shield=True):
+        # Shielded as a whole, lock included: a cancelled owner must still release the file or
+        # connection (taking the lock is a checkpoint a pending cancellation would stop at).
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if not self._is_open:
+                    return
+                self._is_open = False
                 await self._close()
 
     async def __aenter__(self) -> Self:

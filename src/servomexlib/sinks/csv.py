@@ -1,4 +1,4 @@
-"""CSV sink: the 21 schema columns, one line per sample, never truncating silently."""
+"""CSV sink: the 22 schema columns, one line per sample, never truncating silently."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..devices.models import Sample
 from ..errors import ServomexSinkSchemaError, ServomexSinkWriteError
 from .base import file_context, logger, rotated_paths
 from .files import LineFileSink, ends_with_newline, open_append
-from .schema import COLUMNS, batch_columns, cells_by_value, join_rows, repeated
+from .schema import COLUMNS, LEGACY_COLUMNS, batch_columns, cells_by_value, join_rows, repeated
 
 __all__ = ["CsvSink"]
 
@@ -73,6 +73,7 @@ _CELLS: Final[tuple[Callable[[list[Any]], list[str]], ...]] = (
     _plain,  # requested_at
     _number,  # latency_s
     _free_text,  # error
+    _plain,  # value_state
 )
 assert len(_CELLS) == len(COLUMNS)
 
@@ -116,9 +117,15 @@ class CsvSink(LineFileSink):
     * existing file whose first line is exactly the schema header → rows are **appended** (if
       the file does not end with a line break, e.g. after a power cut, one is added first so
       a damaged last line cannot swallow the next row);
+    * an existing file of the older 21-column schema (no ``value_state``, written by an
+      earlier version) → :class:`ServomexSinkSchemaError` saying so: 22-column rows are never
+      mixed into it (it stays readable as it is; write to a new file, or replace it);
     * any other existing file → :class:`ServomexSinkSchemaError` naming the file and telling
       the caller to pass ``overwrite=True``;
     * ``overwrite=True`` → the file is replaced (with rotation: the whole series is removed).
+
+    Both refusals carry ``context.extra`` ``path`` (the file) and ``header`` (``"older"`` or
+    ``"different"``), so a front end can word them in its own terms.
 
     Args:
         path: the CSV file.
@@ -197,15 +204,24 @@ class CsvSink(LineFileSink):
             raise ServomexSinkSchemaError(
                 f"existing file {path} is not a CSV file of this schema ({exc}); "
                 "pass overwrite=True to replace it, or choose another path",
-                context=file_context(path),
+                context=file_context(path).merged(header="different"),
             ) from exc
-        if tuple(header) != COLUMNS:
+        if tuple(header) == COLUMNS:
+            return
+        if tuple(header) == LEGACY_COLUMNS:
             raise ServomexSinkSchemaError(
-                f"existing file {path} has a different CSV header "
-                f"({len(header)} columns, expected {len(COLUMNS)}: {','.join(COLUMNS[:3])},…); "
-                "refusing to append: pass overwrite=True to replace it, or choose another path",
-                context=file_context(path),
+                f"existing file {path} was written by an older version of servomexlib "
+                f"({len(LEGACY_COLUMNS)} columns, without value_state); refusing to append "
+                f"{len(COLUMNS)}-column rows to it: the file stays readable as it is; write to "
+                "another path, or pass overwrite=True to replace it",
+                context=file_context(path).merged(header="older"),
             )
+        raise ServomexSinkSchemaError(
+            f"existing file {path} has a different CSV header "
+            f"({len(header)} columns, expected {len(COLUMNS)}: {','.join(COLUMNS[:3])},…); "
+            "refusing to append: pass overwrite=True to replace it, or choose another path",
+            context=file_context(path).merged(header="different"),
+        )
 
     def _encode(self, samples: Sequence[Sample]) -> bytes:
         return csv_text(batch_columns(samples)).encode("utf-8")

@@ -66,7 +66,7 @@ def json_text(columns: list[list[Any]]) -> str:
     Each line is identical to ``json.dumps(row, ensure_ascii=False)`` of the row as a dict
     (keys in schema order) followed by ``\\n``; the equivalence is tested against
     ``json.dumps``. Written by hand because it runs for every stored sample and ``json.dumps``
-    of a 21-key dict costs several times more: it works a column at a time (a column holding
+    of a 22-key dict costs several times more: it works a column at a time (a column holding
     one value in every row is encoded once) and builds the lines with C loops.
     """
     pieces: list[str | list[str]] = []

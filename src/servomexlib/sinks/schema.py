@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Every sink stores the same 21 columns, in the same order, with types fixed by :data:`SCHEMA`
+Every sink stores the same 22 columns, in the same order, with types fixed by :data:`SCHEMA`
 rather than inferred from the data: an all-None first batch can never turn ``value`` into a text
 column. :func:`sample_to_row` is the public, readable form (a dict) and :func:`sample_to_values`
 the same values as a tuple in column order; the sinks convert a whole batch at once with
@@ -10,8 +10,15 @@ the same values as a tuple in column order; the sinks convert a whole batch at o
 values column by column.
 
 Conversion rules: enums become their ``.value``; booleans stay ``bool``; timestamps become
-``datetime.isoformat()`` text; an error sample has None in every channel column (``channel`` …
-``alarm4``) and ``str(error)`` in ``error``. ``Reading.raw`` and ``Sample.metadata`` are not stored.
+``datetime.isoformat()`` text; ``ok`` is ``status.ok and value_state == "ok"`` (a row without a
+value is never ok); an error sample has None in every channel column (``channel`` … ``alarm4``
+and ``value_state``) and ``str(error)`` in ``error``. ``Reading.raw`` and ``Sample.metadata``
+are not stored.
+
+``value_state`` is the last column, added after the first release: files written before it have
+the first 21 columns only (:data:`LEGACY_COLUMNS`). Readers accept both; the sinks never append
+22-column rows to a 21-column CSV (refused) and store rows without the column in a 21-column SQL
+table (one warning), see each sink.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from datetime import datetime
 from itertools import repeat
 from typing import Any, Final
 
-from ..devices.models import Sample
+from ..devices.models import Sample, ValueState
 
 __all__ = [
     "COLUMNS",
+    "LEGACY_COLUMNS",
     "SCHEMA",
     "Column",
     "ColumnType",
@@ -83,7 +91,7 @@ class Column:
     nullable: bool = True
 
 
-#: The 21 columns of api.md §10, in order.
+#: The 22 columns of api.md §10, in order.
 SCHEMA: Final[tuple[Column, ...]] = (
     Column("device", ColumnType.TEXT, nullable=False),
     Column("channel", ColumnType.TEXT),
@@ -106,17 +114,22 @@ SCHEMA: Final[tuple[Column, ...]] = (
     Column("requested_at", ColumnType.TEXT),
     Column("latency_s", ColumnType.FLOAT),
     Column("error", ColumnType.TEXT),
+    Column("value_state", ColumnType.TEXT),  # "ok", "over_range", "invalid"; None for errors
 )
 
 #: The column names of :data:`SCHEMA`, in order.
 COLUMNS: Final[tuple[str, ...]] = tuple(c.name for c in SCHEMA)
 
+#: The columns of files written before ``value_state`` existed: the first 21, same order.
+LEGACY_COLUMNS: Final[tuple[str, ...]] = COLUMNS[:-1]
+
 #: One row as a tuple in :data:`COLUMNS` order.
 RowValues = tuple[Any, ...]
 
 # Sanity check of the declaration itself (spec tables are data, checked at import).
-assert len(COLUMNS) == 21
-assert len(set(COLUMNS)) == 21
+assert len(COLUMNS) == 22
+assert len(set(COLUMNS)) == 22
+assert COLUMNS[-1] == "value_state"
 
 _NO_CHANNEL: Final = (None,) * 14  # channel … alarm4 of an error sample
 _WIDTH: Final = len(COLUMNS)
@@ -139,6 +152,7 @@ def flatten(samples: Iterable[Sample]) -> list[Any]:
     flat: list[Any] = []
     add = flat.extend
     no_channel = _NO_CHANNEL
+    value_ok = ValueState.OK
     last_received: datetime | None = None
     received = ""
     last_requested: datetime | None = None
@@ -173,12 +187,14 @@ def flatten(samples: Iterable[Sample]) -> list[Any]:
                     requested,
                     sample.latency_s,
                     None if error is None else str(error),
+                    None,
                 )
             )
             continue
         status = reading.status
         a1, a2, a3, a4 = status.alarms
         fault = status.fault
+        state = reading.value_state
         add(
             (
                 sample.device,
@@ -187,7 +203,7 @@ def flatten(samples: Iterable[Sample]) -> list[Any]:
                 reading.name,
                 reading.value,
                 reading.unit._value_,
-                not (fault or a1 or a2 or a3 or a4),
+                state is value_ok and not (fault or a1 or a2 or a3 or a4),
                 fault,
                 status.maintenance,
                 status.calibrating,
@@ -202,13 +218,14 @@ def flatten(samples: Iterable[Sample]) -> list[Any]:
                 requested,
                 sample.latency_s,
                 None,
+                state._value_,
             )
         )
     return flat
 
 
 def batch_columns(samples: Sequence[Sample]) -> list[list[Any]]:
-    """The values of ``samples`` as 21 column lists in :data:`COLUMNS` order (n values each).
+    """The values of ``samples`` as 22 column lists in :data:`COLUMNS` order (n values each).
 
     The form every sink encodes from: a column-at-a-time encoder can test a whole column for
     one repeated value or for None with C loops (``list.count``, ``in``) and convert it with
@@ -272,11 +289,13 @@ def sample_to_values(sample: Sample) -> RowValues:
 
 
 def sample_to_row(sample: Sample) -> dict[str, Any]:
-    """The 21-column row of ``sample`` as a dict of native Python values (api.md §10).
+    """The 22-column row of ``sample`` as a dict of native Python values (api.md §10).
 
     Keys are :data:`COLUMNS` in order. Enums are given as their values (``"I1"``,
-    ``"transducer"``, ``"%"``, ``"modbus_rtu"``), flags as ``bool``, ``received_at`` and
-    ``requested_at`` as ISO-8601 text; an error sample has None in every channel column
-    and ``str(error)`` in ``error``. ``Reading.raw`` and ``Sample.metadata`` are not stored.
+    ``"transducer"``, ``"%"``, ``"modbus_rtu"``, ``value_state`` ``"ok"``/``"over_range"``/
+    ``"invalid"``), flags as ``bool``, ``received_at`` and ``requested_at`` as ISO-8601 text;
+    ``ok`` is ``status.ok and value_state == "ok"``; an error sample has None in every channel
+    column and in ``value_state``, and ``str(error)`` in ``error``. ``Reading.raw`` and
+    ``Sample.metadata`` are not stored.
     """
     return dict(zip(COLUMNS, sample_to_values(sample), strict=True))

@@ -16,7 +16,9 @@ or power cut can lose the last commits (``synchronous="FULL"`` closes that windo
 
 Against an existing table the sink writes the schema columns the table has (those it lacks are
 dropped with one warning each); table columns that are not in the schema are left out of the
-INSERT and so take their default (NULL unless the table declares another).
+INSERT and so take their default (NULL unless the table declares another). A table created by a
+version before ``value_state`` (21 columns) thus keeps receiving rows, without that column, and
+the one warning says so.
 
 Throughput: what a batch costs is mostly binding parameters. Python's ``sqlite3`` binds exact
 ``int``/``float``/``str`` directly but sends ``bool`` and ``None`` through its adapter
@@ -68,7 +70,7 @@ T = TypeVar("T")
 
 _JOURNAL_MODES: Final = frozenset({"DELETE", "TRUNCATE", "PERSIST", "MEMORY", "WAL", "OFF"})
 _SYNCHRONOUS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-#: Rows per multi-row INSERT: at most 64 x 21 = 1344 parameters, well below SQLite's limit of
+#: Rows per multi-row INSERT: at most 64 x 22 = 1408 parameters, well below SQLite's limit of
 #: 32766 host parameters (SQLite >= 3.32; Python 3.13 bundles 3.40 or later).
 _CHUNK_ROWS: Final = 64
 #: Distinct INSERT texts kept (shape x row count); the set is cleared when it grows past this.
@@ -316,7 +318,7 @@ class _InsertBuilder:
     def statements(self, batch: list[list[Any]]) -> list[tuple[str, list[Any]]]:
         """The ``(sql, parameters)`` pairs that insert the rows of ``batch``, in order.
 
-        ``batch`` holds the 21 schema columns of n >= 1 rows (:func:`~.schema.batch_columns`).
+        ``batch`` holds the 22 schema columns of n >= 1 rows (:func:`~.schema.batch_columns`).
         """
         n = len(batch[0])
         modes: list[str] = []
@@ -389,14 +391,26 @@ def _choice(value: str, allowed: frozenset[str], what: str) -> str:
     return text
 
 
+#: Extra advice in the "has no column" warning, per column.
+_MISSING_HINTS: Final = {
+    "value_state": (
+        " (the table was created by an older version of servomexlib; "
+        "ALTER TABLE … ADD COLUMN value_state TEXT stores it from now on)"
+    ),
+}
+
+
 def _select_columns(present: set[str], where: str) -> tuple[str, ...]:
     """The schema columns ``present`` in the target, in schema order.
 
-    Schema columns the target lacks are dropped with one warning each.
+    Schema columns the target lacks are dropped with one warning each. A table that lacks
+    only ``value_state`` was created by an older version (21 columns); its warning says how to
+    add the column.
     """
     for name in COLUMNS:
         if name not in present:
-            logger.warning("%s has no column %r: its values are dropped", where, name)
+            hint = _MISSING_HINTS.get(name, "")
+            logger.warning("%s has no column %r: its values are dropped%s", where, name, hint)
     columns = tuple(name for name in COLUMNS if name in present)
     if not columns:
         raise ServomexSinkSchemaError(f"{where} has none of the sample columns")

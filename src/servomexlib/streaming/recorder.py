@@ -15,6 +15,25 @@ A lost connection (``ServomexConnectionError``) either ends the recording or, wi
 rebuild of the source through ``reconnect_factory``. Any other error ends the recording and
 propagates from the ``async with`` block as the bare error.
 
+**Outages.** Everything from the first ``ServomexConnectionError`` until the next successful
+poll (each-frame mode: the next frame) is one outage: it counts one ``disconnect`` however many
+reconnect attempts it takes, and its length goes into ``outage_s`` (an outage still running
+when the recording ends counts up to the end). A backoff sleep never runs past the end of a
+finite recording: the slots it would have covered are counted late and the recording ends on
+time.
+
+**Each frame once** (``each_frame=True``, continuous Analyzers only). Polling a broadcaster is
+sample-and-hold: every tick re-reads the latest frame, so a frame is recorded as often as ticks
+fall into its period (twice at 1 Hz over a 2 s broadcast) or not at all. Following the
+client's frame subscription instead (``source.client.subscribe_frames()``, taken when
+``record()`` is entered, so a frame arriving right after is not missed) hands over one batch
+per broadcast frame as it arrives, every frame exactly once: the broadcast sets the cadence,
+``rate_hz`` is only validated, and ``duration`` is wall time on anyio's clock (frames received
+before ``start + duration`` are recorded). A line the receiver rejected (parse or checksum
+error) becomes a one-sample batch holding the error Sample, as in ``stream()``, and counts as
+late. When the frame stream ends (the port was lost) the recording reconnects as in polled
+mode and subscribes to the rebuilt source.
+
 Tick durations for the percentiles are kept exactly for the first 2**20 ticks (8 MiB), then as
 a uniform reservoir of that size, so a week-long recording stays flat in memory.
 """
@@ -24,17 +43,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..devices.models import OverflowPolicy, Sample
-from ..errors import ServomexConnectionError
+from ..devices.models import Frame, OverflowPolicy, ProtocolKind, Sample
+from ..errors import ErrorContext, ServomexConnectionError
+from .poll_source import FrameFeed, PollSource
+
+if TYPE_CHECKING:
+    from ..clients.continuous import FrameItem
 
 __all__ = [
     "BACKOFF_STEPS_S",
@@ -50,18 +74,16 @@ BACKOFF_STEPS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _RESERVOIR = 1 << 20
 
 
-@runtime_checkable
-class PollSource(Protocol):
-    """Anything that yields one batch of samples per call (an Analyzer, a ServomexManager)."""
-
-    async def poll_samples(
-        self, *, names: Sequence[str] | None = None, timeout: float | None = None
-    ) -> Sequence[Sample]: ...
-
-
 @dataclasses.dataclass(slots=True)
 class AcquisitionSummary:
-    """Live counters of a recording; written only by the recorder."""
+    """Live counters of a recording; written only by the recorder.
+
+    ``disconnects`` counts outages (one per outage, however many reconnect attempts it took);
+    ``outage_s`` is their total length in seconds, an outage still running at the end counted
+    up to the end. In each-frame mode ``samples_emitted`` counts the batches handed over (one
+    per frame, rejected lines included), ``samples_late`` the rejected lines plus the batches
+    the overflow policy dropped; the tick statistics stay 0 (nothing is polled).
+    """
 
     started_at: datetime
     finished_at: datetime | None = None
@@ -71,6 +93,7 @@ class AcquisitionSummary:
     tick_duration_ms_p50: float = 0.0
     tick_duration_ms_p99: float = 0.0
     disconnects: int = 0
+    outage_s: float = 0.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -124,6 +147,71 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _frame_feed(source: object) -> tuple[FrameFeed, str]:
+    """The frame subscription and device label of a continuous Analyzer, for ``each_frame``.
+
+    Raises:
+        ValueError: ``source`` is not a continuous Analyzer (reached through its public
+            ``client``, which must offer ``subscribe_frames``).
+    """
+    client = getattr(source, "client", None)
+    if getattr(source, "protocol", None) is not ProtocolKind.CONTINUOUS_ASCII or not isinstance(
+        client, FrameFeed
+    ):
+        raise ValueError(
+            "each_frame=True follows the broadcast of a continuous Analyzer, and "
+            f"{source!r} is not one: polled sources (Modbus analysers, a ServomexManager) "
+            "are recorded tick by tick, without each_frame"
+        )
+    device = getattr(source, "device", "")
+    return client, device if isinstance(device, str) else ""
+
+
+@dataclasses.dataclass(slots=True)
+class _Subscription:
+    """One frame subscription of a continuous Analyzer's client."""
+
+    feed: FrameFeed
+    token: object
+    receive: MemoryObjectReceiveStream[FrameItem]
+    device: str
+
+    def close(self) -> None:
+        self.feed.unsubscribe(self.token)
+        self.receive.close()
+
+
+def _subscribe(source: object) -> _Subscription | ServomexConnectionError:
+    """Subscribe to ``source``'s frames; a lost (or never started) receiver is returned.
+
+    Raises:
+        ValueError: ``source`` is not a continuous Analyzer.
+    """
+    feed, device = _frame_feed(source)
+    try:
+        receive, token = feed.subscribe_frames()
+    except Exception as exc:
+        lost = _connection_error(exc)
+        if lost is None:
+            raise
+        return lost
+    return _Subscription(feed, token, receive, device)
+
+
+def _stream_ended(source: object, fallback: ServomexConnectionError) -> ServomexConnectionError:
+    """Why a frame feed ended: the receiver's own reason when it is a ConnectionError."""
+    client = getattr(source, "client", None)
+    reason = getattr(client, "stop_reason", None)
+    if isinstance(reason, ServomexConnectionError):
+        return reason
+    label = getattr(getattr(client, "transport", None), "label", None)
+    where = f" on {label}" if isinstance(label, str) else ""
+    return ServomexConnectionError(
+        f"the continuous frame stream{where} ended (the receiver stopped)",
+        context=ErrorContext(port=label if isinstance(label, str) else None),
+    )
+
+
 def _validate(rate_hz: float, duration: float | None, buffer_size: int) -> None:
     if not (isinstance(rate_hz, int | float) and math.isfinite(rate_hz) and rate_hz > 0):
         raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
@@ -145,39 +233,104 @@ class _Producer:
         overflow: OverflowPolicy,
         auto_reconnect: bool,
         reconnect_factory: Callable[[], Awaitable[PollSource]] | None,
+        each_frame: bool,
         send: MemoryObjectSendStream[Sequence[Sample]],
         evict: MemoryObjectReceiveStream[Sequence[Sample]],
         summary: AcquisitionSummary,
     ) -> None:
         self.source = source
         self.period = 1.0 / rate_hz
+        self.duration = duration
         self.total = None if duration is None else max(1, round(duration * rate_hz))
         self.names = names
         self.timeout = timeout
         self.overflow = overflow
         self.auto_reconnect = auto_reconnect
         self.reconnect_factory = reconnect_factory
+        self.each_frame = each_frame
         self.send = send
         self.evict = evict
         self.summary = summary
         self.durations = _Durations()
+        self._outage_since: float | None = None  # anyio clock at the outage's first error
+        self._outage_total = 0.0  # seconds of the outages that have ended
+        #: each_frame: the subscription record() made before its body ran (or the error that
+        #: prevented it), so no frame after ``async with record(...)`` is missed.
+        self.subscription: _Subscription | ServomexConnectionError | None = None
 
     async def run(self) -> None:
         summary = self.summary
         try:
             async with self.send, self.evict:
-                await self._loop()
+                if self.each_frame:
+                    await self._follow_frames()
+                else:
+                    await self._loop()
         except anyio.BrokenResourceError:
             pass  # the consumer closed the stream: nothing left to do
         finally:
+            if isinstance(self.subscription, _Subscription):
+                self.subscription.close()
+            self._count_outage(anyio.current_time())
             values = self.durations.values
             summary.tick_duration_ms_p50 = percentile(values, 0.50) * 1000.0
             summary.tick_duration_ms_p99 = percentile(values, 0.99) * 1000.0
+
+    # ------------------------------------------------------------------ outages
+
+    def _outage_begins(self, now: float) -> None:
+        """A ConnectionError was absorbed; the first one of an outage counts a disconnect."""
+        if self._outage_since is None:
+            self._outage_since = now
+            self.summary.disconnects += 1
+        self._count_outage(now)
+
+    def _outage_ends(self, now: float) -> None:
+        """Data flows again: close the running outage, if any."""
+        if self._outage_since is not None:
+            self._outage_total += now - self._outage_since
+            self._outage_since = None
+            self.summary.outage_s = self._outage_total
+
+    def _count_outage(self, now: float) -> None:
+        """Bring ``outage_s`` up to ``now`` (a running outage counts so far)."""
+        running = 0.0 if self._outage_since is None else now - self._outage_since
+        self.summary.outage_s = self._outage_total + running
+
+    async def _reconnect(self, backoff: int, deadline: float | None) -> int | None:
+        """Back off, then rebuild the source if a factory is given.
+
+        Returns the next backoff index (0 after a rebuild), or None when the recording's end
+        (``deadline`` on anyio's clock) came during the backoff.
+        """
+        step = BACKOFF_STEPS_S[min(backoff, len(BACKOFF_STEPS_S) - 1)]
+        wake = anyio.current_time() + step
+        if deadline is not None and wake >= deadline:
+            await anyio.sleep_until(deadline)
+            return None
+        await anyio.sleep_until(wake)
+        self._count_outage(anyio.current_time())
+        if self.reconnect_factory is None:
+            return backoff + 1
+        try:
+            source = await self.reconnect_factory()
+        except Exception as exc:
+            if _connection_error(exc) is None:
+                raise
+            self._count_outage(anyio.current_time())
+            return backoff + 1
+        if self.each_frame:
+            _frame_feed(source)  # a factory that builds something else is a programming error
+        self.source = source
+        return 0
+
+    # ------------------------------------------------------------------ polled
 
     async def _loop(self) -> None:
         summary, period = self.summary, self.period
         start = anyio.current_time()
         summary.started_at = datetime.now(UTC)
+        end = None if self.total is None else start + self.total * period
         tick = 0
         backoff = 0
         while self.total is None or tick < self.total:
@@ -201,30 +354,97 @@ class _Producer:
                 lost = _connection_error(exc)
                 if lost is None or not self.auto_reconnect:
                     raise
-                backoff = await self._reconnect(backoff)
+                self._outage_begins(anyio.current_time())
+                summary.samples_late += 1  # the tick that failed
                 tick += 1
+                next_backoff = await self._reconnect(backoff, end)
+                if next_backoff is None:
+                    # The end came during the backoff: the slots left were never polled.
+                    assert self.total is not None
+                    summary.samples_late += max(self.total - tick, 0)
+                    break
+                backoff = next_backoff
                 continue
             ended = anyio.current_time()
+            self._outage_ends(ended)
             self.durations.add(ended - began)
             summary.max_drift_ms = max(summary.max_drift_ms, (ended - target) * 1000.0)
             await self._deliver(batch)
             tick += 1
 
-    async def _reconnect(self, backoff: int) -> int:
-        """Absorb one lost connection; returns the next backoff index."""
+    # ------------------------------------------------------------------ each frame
+
+    async def _follow_frames(self) -> None:
         summary = self.summary
-        summary.samples_late += 1
-        summary.disconnects += 1
-        await anyio.sleep(BACKOFF_STEPS_S[min(backoff, len(BACKOFF_STEPS_S) - 1)])
-        if self.reconnect_factory is None:
-            return backoff + 1
-        try:
-            self.source = await self.reconnect_factory()
-        except Exception as exc:
-            if _connection_error(exc) is None:
-                raise
-            return backoff + 1
-        return 0
+        start = anyio.current_time()
+        start_ns = time.monotonic_ns()
+        summary.started_at = datetime.now(UTC)
+        duration = self.duration
+        end = None if duration is None else start + duration
+        end_ns = None if duration is None else start_ns + round(duration * 1e9)
+        backoff = 0
+        while end is None or anyio.current_time() < end:
+            first, self.subscription = self.subscription, None
+            sub = first if first is not None else _subscribe(self.source)
+            if isinstance(sub, _Subscription):
+                try:
+                    lost = await self._pump(sub.receive, sub.device, end, end_ns)
+                finally:
+                    sub.close()
+                if lost is None:
+                    return  # the end of the recording
+                lost = _stream_ended(self.source, lost)
+            else:
+                lost = sub
+            if not self.auto_reconnect:
+                raise lost
+            self._outage_begins(anyio.current_time())
+            next_backoff = await self._reconnect(backoff, end)
+            if next_backoff is None:
+                return
+            backoff = next_backoff
+
+    async def _pump(
+        self,
+        receive: MemoryObjectReceiveStream[FrameItem],
+        device: str,
+        end: float | None,
+        end_ns: int | None,
+    ) -> ServomexConnectionError | None:
+        """Hand over every frame until the end (returns None) or until the feed ends.
+
+        When the feed ends, returns the ConnectionError that says so (completed by the caller
+        with the receiver's own reason). Frames received before ``end_ns`` that are still
+        queued when the deadline passes are handed over too.
+        """
+        while True:
+            item: FrameItem | None = None
+            with anyio.move_on_at(math.inf if end is None else end):
+                try:
+                    item = await receive.receive()
+                except anyio.EndOfStream:
+                    return ServomexConnectionError("the continuous frame stream ended")
+            if item is None:  # the deadline: what arrived before it still counts
+                while True:
+                    try:
+                        item = receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        return None
+                    if end_ns is not None and item.monotonic_ns > end_ns:
+                        return None
+                    await self._hand_over(item, device)
+            if end_ns is not None and item.monotonic_ns > end_ns:
+                return None
+            await self._hand_over(item, device)
+
+    async def _hand_over(self, item: FrameItem, device: str) -> None:
+        self._outage_ends(anyio.current_time())
+        if isinstance(item, Frame):
+            batch: Sequence[Sample] = item.as_samples(device)
+        else:
+            batch = [item.as_sample(device)]
+            self.summary.samples_late += 1  # a broadcast frame that could not be decoded
+        await self._deliver(batch)
 
     async def _deliver(self, batch: Sequence[Sample]) -> None:
         summary = self.summary
@@ -263,6 +483,7 @@ async def record(
     buffer_size: int = 64,
     auto_reconnect: bool = False,
     reconnect_factory: Callable[[], Awaitable[PollSource]] | None = None,
+    each_frame: bool = False,
 ) -> AsyncIterator[Recording[Sequence[Sample]]]:
     """Poll ``source`` at ``rate_hz`` and stream one batch of samples per tick.
 
@@ -273,25 +494,51 @@ async def record(
                 ...
             print(rec.summary)
 
+    **Continuous analysers: each frame once.** Polling a broadcaster is sample-and-hold (every
+    tick re-reads the latest frame, so a frame shows up once per tick that falls into its
+    period — or not at all). To record every broadcast frame exactly once, pass
+    ``each_frame=True``::
+
+        async with await open_continuous("/dev/ttyUSB0") as anz:
+            async with record(anz, rate_hz=1, duration=600, each_frame=True) as rec:
+                async for batch in rec.stream:  # one batch per broadcast frame
+                    ...
+
     Args:
-        source: a :class:`PollSource` (an Analyzer or a ServomexManager).
-        rate_hz: ticks per second (> 0).
+        source: a :class:`PollSource` (an Analyzer or a ServomexManager); with
+            ``each_frame``, an entered continuous Analyzer.
+        rate_hz: ticks per second (> 0). With ``each_frame`` it is validated but sets no
+            cadence (the broadcast does).
         duration: seconds to record (> 0), or None to run until the block exits. The stream
             ends by itself after ``max(1, round(duration × rate_hz))`` ticks (skipped ones
-            included).
+            included); with ``each_frame``, at ``start + duration`` on anyio's clock.
         names, timeout: forwarded to ``source.poll_samples`` on every tick; ``timeout`` keeps
-            its per-transaction meaning.
+            its per-transaction meaning. Unused with ``each_frame``.
         overflow: what to do when ``buffer_size`` batches are waiting for the consumer.
         auto_reconnect: absorb ``ServomexConnectionError`` with backoff instead of ending.
-        reconnect_factory: awaited after each backoff to rebuild the source.
+            One outage (first error until the next successful poll or frame) counts one
+            disconnect; ``summary.outage_s`` adds up their length.
+        reconnect_factory: awaited after each backoff to rebuild the source (with
+            ``each_frame``, a new entered continuous Analyzer, which is subscribed to).
+        each_frame: hand over one batch per broadcast frame as it arrives
+            (``frame.as_samples(device)``), every frame exactly once, instead of polling. A
+            line the receiver rejected arrives as a one-sample batch holding the error Sample
+            and counts in ``samples_late``.
 
     Raises:
-        ValueError: ``rate_hz`` ≤ 0, ``duration`` ≤ 0, ``buffer_size`` < 1.
+        ValueError: ``rate_hz`` ≤ 0, ``duration`` ≤ 0, ``buffer_size`` < 1; ``each_frame``
+            with a source that is not a continuous Analyzer (before anything starts).
         ServomexError: whatever ended the recording (a connection error only without
             ``auto_reconnect``), unwrapped from the task group.
     """
     _validate(rate_hz, duration, buffer_size)
     overflow = OverflowPolicy(overflow)
+    subscription: _Subscription | ServomexConnectionError | None = None
+    if each_frame:
+        # Subscribed before the body runs: a frame that arrives right after entering counts.
+        subscription = _subscribe(source)
+        if isinstance(subscription, ServomexConnectionError) and not auto_reconnect:
+            raise subscription
     send, receive = anyio.create_memory_object_stream[Sequence[Sample]](buffer_size)
     summary = AcquisitionSummary(started_at=datetime.now(UTC))
     producer = _Producer(
@@ -303,10 +550,12 @@ async def record(
         overflow=overflow,
         auto_reconnect=auto_reconnect,
         reconnect_factory=reconnect_factory,
+        each_frame=bool(each_frame),
         send=send,
         evict=receive.clone(),
         summary=summary,
     )
+    producer.subscription = subscription
     failure: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg, receive:
@@ -320,6 +569,8 @@ async def record(
         if failure is group:
             raise
     finally:
+        if isinstance(producer.subscription, _Subscription):
+            producer.subscription.close()  # the producer never took it over
         summary.finished_at = datetime.now(UTC)
     if failure is not None:
         # Raised outside the except block so the bare error keeps its own cause chain.

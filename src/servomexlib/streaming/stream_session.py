@@ -8,6 +8,11 @@ Two shapes share this class:
 * **Producer** (Modbus, POLL): a coroutine factory fills the queue; entering the session starts
   it in a task group the session owns, closing cancels it. An error the producer raises is
   re-raised to the consumer once the queued samples are read.
+
+Cancellation: the task group is entered and left by the task that runs ``async with``. If that
+task is cancelled while entering (the producer is being started) or while leaving, the task
+group is still exited there and then — a task group left entered would leave its cancel scope
+on the caller's cancel-scope stack and break every scope the caller opens afterwards.
 """
 
 from __future__ import annotations
@@ -93,8 +98,15 @@ class StreamingSession:
         if self._producer is not None and self._stack is None:
             stack = AsyncExitStack()
             tg = await stack.enter_async_context(anyio.create_task_group())
+            try:
+                await tg.start(self._run_producer)
+            except BaseException as exc:
+                # Cancelled (or failed) while starting the producer: leave the task group here,
+                # in LIFO order, before the exception propagates.
+                self._shutdown()
+                await _exit(stack, exc)
+                raise
             self._stack = stack
-            await tg.start(self._run_producer)
         return self
 
     async def __aexit__(
@@ -103,10 +115,12 @@ class StreamingSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        # Synchronous part first: nothing between here and the task group's exit can be
+        # interrupted by a cancellation, so the group is always left.
+        self._shutdown()
         stack, self._stack = self._stack, None
         if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)
+            await _exit(stack, exc)
 
     async def _run_producer(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -145,6 +159,11 @@ class StreamingSession:
 
     async def aclose(self) -> None:
         """Stop the producer (if any), unsubscribe, free the queue. Idempotent."""
+        self._shutdown()
+        await anyio.lowlevel.checkpoint()
+
+    def _shutdown(self) -> None:
+        """The synchronous part of closing: cancel the producer, unsubscribe, close the queue."""
         if self._closed:
             return
         self._closed = True
@@ -155,4 +174,15 @@ class StreamingSession:
         if self._send is not None and self._stack is None:
             self._send.close()
         self._receive.close()
-        await anyio.lowlevel.checkpoint()
+
+
+async def _exit(stack: AsyncExitStack, exc: BaseException | None) -> None:
+    """Leave the session's task group with ``exc`` in flight.
+
+    A cancellation is handed to the task group (it is the host task's own); any other error is
+    not, so it propagates bare — the caller's own exception, not an exception group.
+    """
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        await stack.__aexit__(type(exc), exc, exc.__traceback__)
+    else:
+        await stack.aclose()

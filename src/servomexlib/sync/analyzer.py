@@ -196,8 +196,9 @@ class SyncAnalyzer:
     def analyser_status(self, *, timeout: float | None = None) -> AnalyserStatus:
         return self._portal.call(self._anz.analyser_status, timeout=timeout)
 
-    def identify(self, *, timeout: float | None = None) -> DeviceInfo:
-        return self._portal.call(self._anz.identify, timeout=timeout)
+    def identify(self, *, refresh: bool = False, timeout: float | None = None) -> DeviceInfo:
+        """Cached after the first call; ``refresh=True`` re-reads the device (api.md §5)."""
+        return self._portal.call(self._anz.identify, refresh=refresh, timeout=timeout)
 
     def snapshot(self) -> Frame:
         frame: Frame = self._portal.call(_run_sync, self._anz.snapshot)

@@ -20,6 +20,9 @@ __all__ = ["SyncManager"]
 class SyncManager:
     """A ServomexManager for scripts: use it in a ``with`` block, which closes it.
 
+    Same behaviour as the async manager: each analyser it builds is identified before its
+    first sweep, so ``poll``/``poll_samples`` report only populated slots.
+
     Args:
         error_policy: as for ServomexManager.
         backend: event-loop backend of a portal created here.

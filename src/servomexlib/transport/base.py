@@ -8,6 +8,13 @@ Every way of reaching an analyser — a serial port (anyserial), a TCP device se
 a label for errors, the serial settings in use, a pushback buffer (the AUTO ladder parks a
 recognised continuous frame there for the receiver) and timed read/write helpers.
 
+Input that was already waiting is not news. ``drain_input()`` drops the pushback buffer only
+(api.md §15); :meth:`ByteStreamTransport.flush_input` discards what the operating system has
+queued for the stream, without waiting for more: serial ports flush the kernel input queue
+(and do so when they open), TCP connections read off what the socket already holds. A generic
+byte stream offers no way to read without waiting, so the base class discards nothing and
+returns None; the continuous receiver then relies on its own check (the line rate).
+
 This is the one place where operating-system, anyserial and anyio stream errors become
 ``Servomex*`` errors. The translated stream errors keep their anyio meaning as well: end of
 stream is raised as :class:`TransportEndOfStreamError`, which is both a
@@ -25,6 +32,7 @@ from typing import Protocol, Self, runtime_checkable
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ..errors import ErrorContext, ServomexConnectionError, ServomexTimeoutError
 from ..settings import SerialSettings
@@ -330,3 +338,30 @@ class ByteStreamTransport(anyio.abc.ByteStream):
         dropped = len(self._pending)
         self._pending.clear()
         return dropped
+
+    async def flush_after_open(self) -> None:
+        """Discard the backlog of a fresh open (:meth:`flush_input`); a failure closes the
+        transport and is reported as an open error (``could not open …``)."""
+        try:
+            dropped = await self.flush_input()
+        except ServomexConnectionError as exc:
+            await self.aclose()
+            raise ServomexConnectionError(
+                f"could not open {self.label}: {exc.message}", context=exc.context
+            ) from exc
+        if dropped:
+            _log.debug("%s: discarded %d bytes queued before the open", self.label, dropped)
+
+    async def flush_input(self) -> int | None:
+        """Discard bytes already waiting in the operating system's input buffer, at once.
+
+        Never waits for bytes to arrive and keeps the pushback buffer (see
+        :meth:`drain_input`). Returns how many bytes were discarded, or None when this transport
+        cannot discard anything — the base class: a generic byte stream offers no way to read
+        without waiting, so it keeps everything. Serial ports and TCP connections override it.
+
+        Raises:
+            ServomexConnectionError: the transport is closed or the link is broken.
+        """
+        await anyio.lowlevel.checkpoint()
+        return None

@@ -91,6 +91,10 @@ class FakeTransport(ByteStreamTransport):
       feeds frames one by one, sleeping ``interval`` before each when it is > 0.
     * ``receive`` waits for data; once closed (``send_eof`` or ``aclose``) and empty it raises
       end of stream (a ServomexConnectionError that is also an ``anyio.EndOfStream``).
+    * ``flush_input`` discards nothing and returns None: the fake has no operating-system
+      buffer, so bytes fed before a reader starts are delivered (a test scripts exactly what
+      arrives). Give ``char_time_s`` to let the continuous receiver judge, by the line rate,
+      which of them were waiting before it started.
 
     Args:
         script: initial request → reply mapping.

@@ -6,6 +6,22 @@ already rejected a baud rate outside 2400–19200, so a bad rate never reaches t
 
 Device paths (``/dev/ttyUSB0``) and Windows COM names (``COM3``, ``com3``, ``\\\\.\\COM12``)
 are passed to anyserial, which adds the ``\\\\.\\`` prefix Windows needs for COM10 and above.
+
+Opening
+-------
+* **Only serial ports.** On POSIX the path is checked before anything touches it: a missing
+  path, a directory, a regular file, a FIFO or a block device is refused with
+  ``ServomexConnectionError("could not open <path>: …")`` naming the port, and so is a character
+  device that is not a terminal (``/dev/null``: the terminal ioctls fail with ENOTTY, which
+  termios reports as ``termios.error`` — not an ``OSError`` — and is translated here too).
+* **No backlog.** Bytes can be waiting before the first read: a pseudo-terminal or a virtual
+  port keeps what its peer wrote while nobody had it open (4 KiB on Linux: minutes of old frames
+  at a slow broadcast period), an adapter's FIFO holds a few, and an open port queues whatever
+  arrives until it is read. :meth:`SerialTransport.open` and :meth:`~SerialTransport.reopen`
+  discard the kernel input queue (``tcflush(TCIFLUSH)`` through anyserial's
+  ``reset_input_buffer``) right after the open, so nothing received before the open is read as
+  new (api.md §5); :meth:`~SerialTransport.flush_input` does it again on demand (the continuous
+  receiver calls it when it starts).
 """
 
 from __future__ import annotations
@@ -13,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +61,13 @@ _PARITY = {
 _STOP_BITS = {StopBits.ONE: anyserial.StopBits.ONE, StopBits.TWO: anyserial.StopBits.TWO}
 
 type _Opener = Callable[[str, anyserial.SerialConfig], Awaitable[anyserial.SerialPort]]
+
+if sys.platform == "win32":  # pragma: no cover - no termios on Windows
+    _TERMIOS_ERRORS: tuple[type[BaseException], ...] = ()
+else:
+    import termios
+
+    _TERMIOS_ERRORS = (termios.error,)
 
 
 def serial_config(settings: SerialSettings) -> anyserial.SerialConfig:
@@ -88,15 +113,14 @@ async def _open_port(
     while True:
         try:
             return await open_fn(path, config)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, *_TERMIOS_ERRORS) as exc:
             if isinstance(exc, OSError) and attempt < retries and _is_permission_denied(exc):
                 attempt += 1
                 _log.debug("open %s denied (attempt %d), retrying: %s", path, attempt, exc)
                 await anyio.sleep(WINDOWS_OPEN_RETRY_DELAY_S)
                 continue
-            detail = str(exc) or type(exc).__name__
             raise ServomexConnectionError(
-                f"could not open {path}: {detail}",
+                f"could not open {path}: {_open_failure(exc)}",
                 context=ErrorContext(
                     port=path,
                     elapsed_s=time.monotonic() - started,
@@ -105,17 +129,75 @@ async def _open_port(
             ) from exc
 
 
+def _open_failure(exc: BaseException) -> str:
+    """Why an open failed, in words: ``not a serial port (…)`` for a non-terminal device."""
+    if isinstance(exc, OSError):
+        code = exc.errno
+        detail = str(exc) or type(exc).__name__
+    else:  # termios.error carries (errno, text) but is no OSError; ValueError: bad config
+        args = exc.args
+        code = args[0] if len(args) == 2 and isinstance(args[0], int) else None
+        detail = str(args[1]) if code is not None else (str(exc) or type(exc).__name__)
+    if code == errno.ENOTTY:
+        return f"not a serial port ({os.strerror(errno.ENOTTY)})"
+    return detail
+
+
+#: What a path is when it is not a character device, for the refusal message.
+_NOT_A_PORT: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_device_path(path: str) -> None:
+    """Refuse, before anything opens it, a POSIX path that cannot be a serial port.
+
+    Windows COM names are not file-system paths; they are left to the driver.
+
+    Raises:
+        ServomexConnectionError: ``could not open <path>: …`` — missing, not reachable, or
+            not a character device (a directory, a regular file, a FIFO, a socket, a block
+            device).
+    """
+    if sys.platform == "win32":  # pragma: no cover - COM names are not stat()-able paths
+        return
+    ctx = ErrorContext(port=path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        raise ServomexConnectionError(
+            f"could not open {path}: no such device ({exc.strerror})", context=ctx
+        ) from exc
+    except PermissionError as exc:
+        raise ServomexConnectionError(
+            f"could not open {path}: permission denied ({exc.strerror})", context=ctx
+        ) from exc
+    except (OSError, ValueError) as exc:  # ENOTDIR, ELOOP, ENAMETOOLONG, an embedded NUL …
+        raise ServomexConnectionError(f"could not open {path}: {exc}", context=ctx) from exc
+    mode = info.st_mode
+    if stat.S_ISCHR(mode):
+        return  # a terminal or not: the open itself tells (``/dev/null`` fails with ENOTTY)
+    kind = next((name for test, name in _NOT_A_PORT if test(mode)), "not a character device")
+    raise ServomexConnectionError(f"could not open {path}: not a serial port ({kind})", context=ctx)
+
+
 class SerialTransport(ByteStreamTransport):
     """A serial port. Build it with :meth:`open`; the label is the port path.
 
     ``aclose`` is idempotent; ``reopen`` closes and opens the port again (e.g. with new
-    settings), dropping any pushed-back bytes.
+    settings), dropping any pushed-back bytes. Both ``open`` and ``reopen`` discard what the
+    operating system queued before the open (see :meth:`flush_input`).
     """
 
     def __init__(self, port: anyserial.SerialPort, settings: SerialSettings) -> None:
         super().__init__(
             port, label=settings.port, serial_settings=settings, char_time_s=settings.char_time_s
         )
+        self._port = port
 
     @classmethod
     async def open(cls, settings: SerialSettings) -> Self:
@@ -128,20 +210,50 @@ class SerialTransport(ByteStreamTransport):
                 permission denied (after the Windows retries), unsupported setting.
         """
         settings = _checked(settings)
+        _check_device_path(settings.port)
         port = await _open_port(settings)
-        return cls(port, settings)
+        transport = cls(port, settings)
+        await transport.flush_after_open()
+        return transport
 
     async def reopen(self, settings: SerialSettings | None = None) -> None:
         """Close the port (if open) and open it again with ``settings`` (default: the same)."""
         new = _checked(settings if settings is not None else self._require_settings())
         await self.aclose()
+        _check_device_path(new.port)
         port = await _open_port(new)
         self._stream = port
+        self._port = port
         self._settings = new
         self._char_time = new.char_time_s
         self._label = new.port
         self._pending.clear()
         self._closed = False
+        await self.flush_after_open()
+
+    async def flush_input(self) -> int | None:
+        """Discard what waits in the kernel's input queue (``tcflush(TCIFLUSH)``), at once.
+
+        The pushback buffer is kept (:meth:`drain_input` clears that). Returns the number of
+        bytes discarded (0 when the platform cannot count them), or None when the port cannot
+        be flushed at all.
+
+        Raises:
+            ServomexConnectionError: the port is closed or the device is gone.
+        """
+        port = self._port
+        try:
+            waiting: int | None = port.input_waiting()
+        except (OSError, anyio.ClosedResourceError):
+            waiting = None  # the flush below reports a real failure
+        try:
+            await port.reset_input_buffer()
+        except NotImplementedError:  # pragma: no cover - every anyserial backend implements it
+            _log.debug("%s cannot discard its input queue", self._label)
+            return None
+        except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise self._translate(exc, "flush_input") from exc
+        return waiting if waiting is not None else 0
 
     def _require_settings(self) -> SerialSettings:
         assert self._settings is not None

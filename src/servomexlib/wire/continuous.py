@@ -19,6 +19,12 @@ around it is counted as garbage.
 
 :func:`parse_frame` validates in the order of protocol.md §3.8 and raises the matching
 :class:`~servomexlib.errors.ServomexProtocolError` subclass.
+
+A value field that is not a finite number never becomes a guessed value: it decodes to
+``value=None`` and a :class:`~servomexlib.devices.models.ValueState` saying why —
+``OVER_RANGE`` for the analyser's over/under-range glyphs (``******``, ``------``, ``OVER``, …)
+and ``INVALID`` for anything else (blank, unparsable, ``nan``/``inf``); see
+:func:`decode_value_field`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ..devices.models import (
     Frame,
     ProtocolKind,
     Reading,
+    ValueState,
     _build_analyser_status,
     _build_frame,
     _build_reading,
@@ -61,6 +68,7 @@ __all__ = [
     "SplitterStats",
     "build_frame",
     "checksum",
+    "decode_value_field",
     "format_block",
     "format_header",
     "format_value",
@@ -117,6 +125,7 @@ class _BlockDecode:
     unit: Unit
     status: ChannelStatus
     raw: bytes
+    value_state: ValueState
 
 
 def _decode_name(token: bytes) -> str | None:
@@ -126,15 +135,43 @@ def _decode_name(token: bytes) -> str | None:
     return text
 
 
-def _decode_value(token: bytes) -> float | None:
+#: Characters an over/under-range glyph is made of (``******``, ``------``, `` -.-- ``), and
+#: the ones it must contain at least one of. ``+`` is the simulator's own over-range fill
+#: (``++++++``, api.md §16.1), so the library reads back what it writes.
+_GLYPH_CHARS = b"*-+. "
+_GLYPH_MARKS = (b"*", b"-", b"+")
+_RANGE_WORDS = frozenset({b"OVER", b"UNDER"})
+_OK, _OVER_RANGE, _INVALID = ValueState.OK, ValueState.OVER_RANGE, ValueState.INVALID
+
+
+def _is_range_glyph(text: bytes) -> bool:
+    """``text`` (already trimmed, not a number) is an over/under-range indication."""
+    if not text.strip(_GLYPH_CHARS):
+        return any(mark in text for mark in _GLYPH_MARKS)
+    return text.upper() in _RANGE_WORDS
+
+
+def decode_value_field(token: bytes) -> tuple[float | None, ValueState]:
+    """Classify a channel block's value field (protocol.md §3.4, api.md §2).
+
+    Returns:
+        ``(value, ValueState.OK)`` for a finite number; ``(None, ValueState.OVER_RANGE)``
+        for an over/under-range glyph — a field of only ``*``, ``-``, ``+``, ``.`` and spaces
+        holding at least one ``*``, ``-`` or ``+`` (``******``, ``------``, `` -.-- ``,
+        ``++++++``), or the word ``OVER``/``UNDER`` in any case; ``(None,
+        ValueState.INVALID)`` for a blank field, anything else that is not a number, and a
+        non-finite number (``nan``, ``inf``, ``1e999``). Never raises.
+    """
     text = token.strip()
     if not text:
-        return None
+        return None, _INVALID
     try:
         value = float(text)
     except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+        return None, _OVER_RANGE if _is_range_glyph(text) else _INVALID
+    if math.isfinite(value):
+        return value, _OK
+    return None, _INVALID
 
 
 def _flag(token: bytes, index: int, char: int) -> bool:
@@ -181,14 +218,16 @@ def _decode_block(fields: list[bytes], raw: bytes, ctx_raw: bytes) -> _BlockDeco
             f"unknown channel id {fields[0].decode('latin-1')!r}",
             context=_context(ctx_raw),
         )
+    value, state = decode_value_field(fields[2])
     return _BlockDecode(
         channel=cid,
         kind=cid.kind,
         name=_cached(_NAME_CACHE, fields[1], _decode_name),
-        value=_decode_value(fields[2]),
+        value=value,
         unit=_cached(_UNIT_CACHE, fields[3], _decode_unit),
         status=_cached(_STATUS_CACHE, (fields[4], fields[5], fields[6], fields[7]), _decode_status),
         raw=raw,
+        value_state=state,
     )
 
 
@@ -349,6 +388,7 @@ def _parse_standard(frame: bytes, received_at: datetime, monotonic_ns: int) -> F
                 received_at,
                 monotonic_ns,
                 b.raw,
+                b.value_state,
             )
             for b in blocks
         ]
@@ -456,6 +496,7 @@ def parse_frame(
                 received_at,
                 monotonic_ns,
                 block.raw,
+                block.value_state,
             )
         )
     return Frame(
@@ -495,8 +536,9 @@ def build_frame(
 def format_value(value: float | None, decimals: int = 3, *, width: int = 6) -> str:
     """Right-aligned value text as the analyser prints it; None → ``++++++`` (over-range).
 
-    The real over-range representation is unknown (protocol.md §13); ``+`` fill parses as
-    None. A value too wide for the field is printed with fewer decimals, then saturates.
+    The real over-range representation is unknown (protocol.md §13); the ``+`` fill decodes
+    as value None with ``ValueState.OVER_RANGE`` (:func:`decode_value_field`). A value too
+    wide for the field is printed with fewer decimals, then saturates.
     """
     if value is None or not math.isfinite(value):
         return "+" * width

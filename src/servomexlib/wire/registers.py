@@ -3,16 +3,41 @@
 Registers are 16-bit words, big-endian on the wire. A channel block is 7 words: the value as an
 IEEE-754 float32 high word first (so the wire bytes are the plain big-endian float, "ABCD"), the
 name as 6 display-ROM bytes and the unit as 3 characters plus a NUL.
+
+Values: shortest float32 decimals
+---------------------------------
+The analyser holds a reading as a float32. Widened to a Python float it carries binary noise
+(``20.3135`` reads as ``20.313499450683594``) that would show in every print, CSV cell and JSON
+line. :func:`decode_float32_value` therefore gives the **shortest decimal that converts back to
+the same float32**, as a Python float: ``repr()`` then prints ``20.3135``, and packing it as
+float32 gives the very bytes that were received, so nothing the analyser sent is lost or
+invented. Non-finite patterns (NaN, ±inf) are not numbers: they decode to None
+(:attr:`~servomexlib.devices.models.ValueState.INVALID`).
+
+How: for p = 1 … 9 significant digits, the value rounded to p digits (``"%.*g"``) is parsed back
+and packed; the first that packs to the received 4 bytes wins (9 digits always do). Every
+decimal that converts back to a float32 lies in one interval around it; that interval is
+symmetric except at exact powers of two, whose lower neighbour is twice as close as the upper
+one, so only there the p-digit decimal next away from zero is tried too. Values repeat from one
+poll to the next, so results are cached by bit pattern (bounded; cleared when full).
 """
 
 from __future__ import annotations
 
+import decimal
 import math
 import struct
 from collections.abc import Sequence
 from datetime import datetime
 
-from ..devices.models import ChannelId, ChannelStatus, ProtocolKind, Reading
+from ..devices.models import (
+    ChannelId,
+    ChannelStatus,
+    ProtocolKind,
+    Reading,
+    ValueState,
+    _build_reading,
+)
 from ..units import Unit, coerce_unit
 from .channels import REGISTERS_PER_CHANNEL
 from .charset import decode_display, encode_display
@@ -21,12 +46,15 @@ __all__ = [
     "bytes_to_words",
     "decode_channel_block",
     "decode_float32",
+    "decode_float32_value",
     "decode_modbus_name",
     "decode_modbus_unit",
     "encode_channel_block",
     "encode_float32",
     "encode_text",
     "finite_or_none",
+    "shortest_float32",
+    "slot_populated",
     "words_to_bytes",
 ]
 
@@ -47,13 +75,96 @@ def bytes_to_words(data: bytes) -> tuple[int, ...]:
 
 
 def decode_float32(high: int, low: int) -> float:
-    """Two registers, high word first → the float32 value widened to a Python float.
+    """Two registers, high word first → the float32 value widened exactly to a Python float.
 
-    No rounding is applied (20.95 reads back as 20.950000762939453); NaN and ±inf pass through
-    (see :func:`finite_or_none`).
+    The raw codec: no rounding (20.95 reads back as 20.950000762939453) and NaN/±inf pass
+    through. Readings use :func:`decode_float32_value`, which gives the shortest decimal.
     """
     value: float = _FLOAT.unpack(_WORDS2.pack(high, low))[0]
     return value
+
+
+_F32_PACK = _FLOAT.pack
+_F32_UNPACK = _FLOAT.unpack
+_EXPONENT_MASK = 0x7F800000
+_MANTISSA_MASK = 0x007FFFFF
+_SMALLEST_NORMAL_ABOVE = 0x00800000  # exponent field 1: 2**-126 has symmetric neighbours
+_SHORTEST_CACHE: dict[bytes, float] = {}
+_SHORTEST_CACHE_LIMIT = 4096
+
+
+def _packs_to(candidate: float, packed: bytes) -> bool:
+    try:
+        return _F32_PACK(candidate) == packed
+    except OverflowError:  # rounded up past the largest float32
+        return False
+
+
+def _shortest(packed: bytes) -> float:
+    widened: float = _F32_UNPACK(packed)[0]
+    bits = int.from_bytes(packed)
+    exponent = bits & _EXPONENT_MASK
+    # A power of two (mantissa 0, above the smallest normal) has an interval twice as wide
+    # away from zero as towards it; everywhere else the nearest p-digit decimal is the best.
+    lopsided = not bits & _MANTISSA_MASK and exponent > _SMALLEST_NORMAL_ABOVE
+    for digits in range(1, 10):
+        candidate = float("%.*g" % (digits, widened))  # noqa: UP031 - fastest form measured
+        if _packs_to(candidate, packed):
+            return candidate
+        if lopsided and abs(candidate) < abs(widened):
+            context = decimal.Context(prec=digits, rounding=decimal.ROUND_UP)
+            outward = float(context.plus(decimal.Decimal(widened)))
+            if _packs_to(outward, packed):
+                return outward
+    return widened  # pragma: no cover - 9 significant digits always round-trip a float32
+
+
+def shortest_float32(packed: bytes) -> float:
+    """The shortest decimal that converts back to the float32 ``packed``, as a Python float.
+
+    Args:
+        packed: 4 bytes, a finite big-endian float32 (the value registers as received).
+
+    Returns:
+        The float whose ``repr`` is the fewest significant digits (1-9) that pack back to
+        ``packed``: ``20.3135`` for ``41 A2 82 0C``; ``-0.0``, subnormals and the largest
+        finite values (``3.4028235e+38``) included.
+
+    Raises:
+        ValueError: ``packed`` is not 4 bytes or is NaN/±inf.
+    """
+    try:
+        return _SHORTEST_CACHE[packed]
+    except (KeyError, TypeError):  # not seen yet, or an unhashable bytearray/memoryview
+        pass
+    if len(packed) != 4:
+        raise ValueError(f"a float32 is 4 bytes, got {len(packed)}")
+    if int.from_bytes(packed) & _EXPONENT_MASK == _EXPONENT_MASK:
+        raise ValueError(f"float32 {packed.hex(' ')} is not finite")
+    value = _shortest(bytes(packed))
+    if len(_SHORTEST_CACHE) >= _SHORTEST_CACHE_LIMIT:
+        _SHORTEST_CACHE.clear()
+    _SHORTEST_CACHE[bytes(packed)] = value
+    return value
+
+
+def decode_float32_value(packed: bytes) -> float | None:
+    """The value registers of a reading (4 bytes, high word first) → its value.
+
+    Returns:
+        The shortest decimal of the float32 (:func:`shortest_float32`), or None when the
+        pattern is NaN or ±inf (the reading is then ``ValueState.INVALID``).
+
+    Raises:
+        ValueError: ``packed`` is not 4 bytes.
+    """
+    try:
+        return _SHORTEST_CACHE[packed]
+    except (KeyError, TypeError):
+        pass
+    if len(packed) == 4 and int.from_bytes(packed) & _EXPONENT_MASK == _EXPONENT_MASK:
+        return None
+    return shortest_float32(packed)
 
 
 def encode_float32(value: float) -> tuple[int, int]:
@@ -89,6 +200,12 @@ def decode_modbus_unit(raw: bytes) -> Unit:
     return coerce_unit(decode_display(raw))
 
 
+def slot_populated(name_raw: bytes, unit_raw: bytes) -> bool:
+    """Whether a Modbus slot is populated (api.md §5): its name registers hold a label (not
+    blank, not only ``|``) or its unit registers are not blank (spaces and NULs)."""
+    return decode_modbus_name(name_raw) is not None or bool(unit_raw.strip(b" \x00"))
+
+
 def encode_text(text: str | bytes | None, length: int, *, pad: bytes = b" ") -> bytes:
     """Text → exactly ``length`` display-ROM bytes, padded with ``pad`` and truncated if longer."""
     if text is None:
@@ -121,21 +238,31 @@ def decode_channel_block(
 ) -> Reading:
     """Decode one channel's 7 registers into a :class:`Reading`.
 
-    ``name``/``unit`` override the registers' text when given (the client's metadata cache);
-    ``raw`` is always the 14 bytes received in this read.
+    The value is the shortest decimal of the float32 (:func:`decode_float32_value`) with
+    ``ValueState.OK``, or None with ``ValueState.INVALID`` for NaN/±inf. ``name``/``unit``
+    override the registers' text when given (the client's metadata cache); ``raw`` is always
+    the 14 bytes received in this read.
+
+    Raises:
+        ValueError: ``words`` is not 7 registers.
     """
     if len(words) != REGISTERS_PER_CHANNEL:
         raise ValueError(f"a channel block is {REGISTERS_PER_CHANNEL} registers, got {len(words)}")
     raw = words_to_bytes(words)
-    return Reading(
-        channel=channel,
-        kind=channel.kind,
-        name=decode_modbus_name(raw[4:10]) if name is None else name,
-        value=finite_or_none(decode_float32(words[0], words[1])),
-        unit=decode_modbus_unit(raw[10:14]) if unit is None else unit,
-        status=status,
-        protocol=protocol,
-        received_at=received_at,
-        monotonic_ns=monotonic_ns,
-        raw=raw,
+    value = decode_float32_value(raw[:4])
+    return _build_reading(
+        channel,
+        channel.kind,
+        decode_modbus_name(raw[4:10]) if name is None else name,
+        value,
+        decode_modbus_unit(raw[10:14]) if unit is None else unit,
+        status,
+        protocol,
+        received_at,
+        monotonic_ns,
+        raw,
+        _INVALID if value is None else _OK,
     )
+
+
+_OK, _INVALID = ValueState.OK, ValueState.INVALID
