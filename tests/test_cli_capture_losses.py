@@ -188,7 +188,7 @@ async def test_an_outage_is_in_the_final_line(
 def test_continuous_capture_writes_every_frame_once(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """A 0.5 s broadcast for 5 s of real time (the broadcast sets the pace)."""
+    """A 0.5 s broadcast for 10 s of real time (the broadcast sets the pace; api.md §13)."""
     sim = Simulator(
         name="cli-capture-each-frame",
         mode=ProtocolKind.CONTINUOUS_ASCII,
@@ -200,7 +200,7 @@ def test_continuous_capture_writes_every_frame_once(
     code = main(
         [
             *("capture", "sim://cli-capture-each-frame", "--protocol", "continuous"),
-            *("--rate", "7", "--duration", "5", "--frame-period", "0.5", "--out", str(out)),
+            *("--rate", "7", "--duration", "10", "--frame-period", "0.5", "--out", str(out)),
         ]
     )
     stdout, stderr = capsys.readouterr()
@@ -215,6 +215,6 @@ def test_continuous_capture_writes_every_frame_once(
     assert len(keys) == len(set(keys))  # no sample written twice
     o2 = [r["value"] for r in rows if r["channel"] == "I1"]
     assert len(rows) == 5 * len(o2)  # whole frames
-    assert 7 <= len(o2) <= 11  # ~5 s of a 0.5 s broadcast
+    assert 17 <= len(o2) <= 21  # ~10 s of a 0.5 s broadcast
     steps = [round(b - a, 3) for a, b in itertools.pairwise(o2)]
     assert steps == [0.5] * len(steps)  # consecutive frames: none skipped, none repeated
