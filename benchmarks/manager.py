@@ -6,9 +6,10 @@
 * 2 analysers on each of 4 lines (4 ptys): the ports run concurrently, so a cycle should cost
   about one port's share. Target ≤ 1.15 × 2 × one analyser's model bound.
 
-Managed Analyzers are never entered (no identify), so their sweeps cover all ten slots; at
-19200 baud RTU that plan is the same three reads as for the five populated channels, so the
-bound is the group 1 bound (checked below).
+Managed Analyzers identify before their first sweep (the warm-up cycle), so their sweeps read
+the value registers of the populated slots; at 19200 baud RTU that plan — FC04 (0,65) + FC02
+(0,80) + FC02 (1000,16) — is the same for the five populated channels as for all ten slots, so
+the bound is the group 1 bound (checked below).
 """
 
 from __future__ import annotations

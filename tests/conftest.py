@@ -1,10 +1,18 @@
-"""Shared test configuration: every async test runs on asyncio and on trio."""
+"""Shared test configuration: every async test runs on asyncio and on trio.
+
+Fixtures: ``anyio_backend`` (both backends), ``data_dir``, ``pty`` (a raw pseudo-terminal the
+test feeds itself: :class:`helpers.PtyFeeder`). A simulator served on a pty is
+``helpers.served_on_pty``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers import PtyFeeder
 
 DATA = Path(__file__).parent / "data"
 
@@ -18,6 +26,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture
+def pty() -> Iterator[PtyFeeder]:
+    """A fresh raw pty whose slave path the code under test opens; closed afterwards."""
+    feeder = PtyFeeder()
+    try:
+        yield feeder
+    finally:
+        feeder.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

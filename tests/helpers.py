@@ -1,17 +1,32 @@
-"""Shared helpers for the wire-layer tests.
+"""Shared test helpers: wire-layer decoding, and pseudo-terminals.
 
 The acceptance rule for decoders: every input is fed whole, one byte at a time, and wrapped in
 garbage, and all three ways must give identical results. :func:`decode_all_ways` does exactly
 that through the real pipeline (:class:`FrameSplitter` then :func:`parse_frame`) and returns the
 common result, so a test only asserts on values once.
+
+Pseudo-terminals, the one way every test gets one:
+
+* :func:`served_on_pty` — a simulator (or a simulated multidrop line) running and served on a
+  fresh pty, ``async with served_on_pty(Simulator(mode=…)) as (sim, path):``; the simulator is
+  stopped and the pty closed when the block ends.
+* :class:`PtyFeeder` (the ``pty`` fixture of conftest.py) — the analyser side of a raw pty the
+  test writes into itself, for byte-exact feeds the simulator does not make.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
 
+import anyio
 import pytest
 
 from servomexlib.devices.models import ChannelId, ChannelStatus, Frame, idle_cal_groups
@@ -206,3 +221,76 @@ def two_block_frame(o2: float, *, terminator: bytes = b"\r\n") -> bytes:
         clock=None, fault=False, maintenance=False, cal_groups=idle_cal_groups(), n_blocks=2
     )
     return build_frame(header, blocks, terminator=terminator)
+
+
+# ------------------------------------------------------------------------- pseudo-terminals
+
+
+class PtyServer(Protocol):
+    """What :func:`served_on_pty` serves: a ``Simulator`` or a ``SimLine``."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> bool | None: ...
+
+    async def serve_pty(self) -> str: ...
+
+
+@asynccontextmanager
+async def served_on_pty[S: PtyServer](server: S) -> AsyncIterator[tuple[S, str]]:
+    """Run ``server`` and serve it on a fresh pseudo-terminal: ``(server, path)``."""
+    async with server:
+        yield server, await server.serve_pty()
+
+
+class PtyFeeder:
+    """The analyser side of a pseudo-terminal: the test writes bytes into the master.
+
+    ``path`` is the slave end, for the code under test to open (set to raw mode). With
+    ``hold_slave`` the feeder keeps its own slave descriptor open until :meth:`close`, as a
+    broadcaster serving the pty does; otherwise it is closed at once and the port under test
+    is the only one holding the slave.
+    """
+
+    def __init__(self, *, hold_slave: bool = False) -> None:
+        if sys.platform == "win32":  # pragma: no cover - ptys are POSIX
+            pytest.skip("pseudo-terminals are POSIX only")
+        import tty
+
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        self._slave: int | None = slave
+        if not hold_slave:
+            os.close(slave)
+            self._slave = None
+        os.set_blocking(self.master, False)
+
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` into the master at once (it must fit the pty's buffer)."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.master, view) :]
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data`` into the master, waiting while the pty's buffer is full."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.master, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self.master)
+                continue
+            view = view[written:]
+
+    def close(self) -> None:
+        os.close(self.master)
+        if self._slave is not None:
+            os.close(self._slave)
+            self._slave = None

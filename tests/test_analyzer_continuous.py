@@ -1,7 +1,8 @@
 """Continuous mode end to end (issue 4 acceptance): Analyzer + factory over real ptys and TCP.
 
-A small test-only feeder writes frames built with ``build_frame`` into the pty master; the
-Analyzer opens the slave path through anyserial exactly as it would open a USB adapter.
+A small test-only feeder (the ``pty`` fixture, :class:`helpers.PtyFeeder`) writes frames built
+with ``build_frame`` into the pty master; the Analyzer opens the slave path through anyserial
+exactly as it would open a USB adapter.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import dataclasses
 import os
 import random
 import time
-import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import anyio.lowlevel
 import anyserial
 import pytest
 
+from helpers import PtyFeeder, served_on_pty
 from servomexlib.decode import decode_frame, split_frames
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_continuous, open_device
@@ -102,39 +103,6 @@ def make_frame(n: int, *, term: bytes = b"\r\n", bump: float = 0.0) -> bytes:
         clock=None, fault=False, maintenance=False, cal_groups=idle_cal_groups(), n_blocks=n
     )
     return build_frame(header, blocks, terminator=term)
-
-
-class PtyFeeder:
-    """The analyser side of a pseudo-terminal: writes bytes into the master."""
-
-    def __init__(self) -> None:
-        self.master, slave = os.openpty()
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)
-        os.set_blocking(self.master, False)
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self.master, view)
-            except BlockingIOError:
-                await anyio.wait_writable(self.master)
-                continue
-            view = view[written:]
-
-    def close(self) -> None:
-        os.close(self.master)
-
-
-@pytest.fixture
-def pty() -> Iterator[PtyFeeder]:
-    feeder = PtyFeeder()
-    try:
-        yield feeder
-    finally:
-        feeder.close()
 
 
 def open_fds() -> int:
@@ -798,16 +766,18 @@ async def simulated_port(n: int, term: str, via: str, period: float) -> AsyncIte
     ]
     # Character pacing stays on for one configuration (a 7-block frame takes ~140 ms at
     # 19200 baud); the others run unpaced to keep the matrix fast.
-    async with Simulator(
+    sim = Simulator(
         mode="continuous",
         channels=channels,
         frame_period=period,
         terminator=_TERMS[term],
         realtime=(n == 5),
-    ) as sim:
-        if via == "pty":
-            yield await sim.serve_pty()
-        else:
+    )
+    if via == "pty":
+        async with served_on_pty(sim) as (_, path):
+            yield path
+    else:
+        async with sim:
             host, port = await sim.serve_tcp()
             yield f"tcp://{host}:{port}"
 
@@ -842,17 +812,19 @@ async def test_simulator_identify_poll_stream(n: int, term: str, via: str) -> No
 async def test_simulator_value_changes_reach_the_stream() -> None:
     from servomexlib.sim import Simulator
 
+    sim = Simulator(mode="continuous", frame_period=0.05)
     with anyio.fail_after(10):
-        async with Simulator(mode="continuous", frame_period=0.05) as sim:
-            port = await sim.serve_pty()
-            async with await open_continuous(port, frame_period=0.05) as anz:
-                await anz.poll()
-                sim.set_value("I1", 12.345)
-                sim.set_value("I2", None)  # over-range → None
-                async with anz.stream() as samples:
-                    async for sample in samples:
-                        if sample.channel is ChannelId.I1 and sample.value == 12.345:
-                            break
-                    frame = await anz.poll(wait_fresh=True)
-                assert frame.channel("I1").value == 12.345
-                assert frame.channel("I2").value is None
+        async with (
+            served_on_pty(sim) as (_, port),
+            await open_continuous(port, frame_period=0.05) as anz,
+        ):
+            await anz.poll()
+            sim.set_value("I1", 12.345)
+            sim.set_value("I2", None)  # over-range → None
+            async with anz.stream() as samples:
+                async for sample in samples:
+                    if sample.channel is ChannelId.I1 and sample.value == 12.345:
+                        break
+                frame = await anz.poll(wait_fresh=True)
+            assert frame.channel("I1").value == 12.345
+            assert frame.channel("I2").value is None

@@ -80,6 +80,8 @@ def reads(framing: ProtocolKind, address: int, *plan: tuple[int, int, int]) -> l
 
 # The full three-transaction sweep of protocol.md §5 (at 19200 RTU, I1 I2 I3 E1 E2).
 BROAD = ((4, 0, 70), (2, 0, 80), (2, 1000, 16))
+# The same sweep once names and units are cached: the value registers of I1 … E2 only.
+VALUE_BROAD = ((4, 0, 65), (2, 0, 80), (2, 1000, 16))
 
 
 @asynccontextmanager
@@ -137,7 +139,7 @@ def scenario(sim: Simulator) -> None:
     sim.set_analyser(maintenance=True)
 
 
-def check_readings(frame: Frame, framing: ProtocolKind) -> None:
+def check_readings(frame: Frame, framing: ProtocolKind, *, value_only: bool = True) -> None:
     assert [r.channel for r in frame.readings] == [c for c, _, _ in EXPECTED_INFO]
     for reading, (ch, name, unit) in zip(frame.readings, EXPECTED_INFO, strict=True):
         assert reading.value == EXPECTED_VALUES[ch], ch
@@ -146,7 +148,8 @@ def check_readings(frame: Frame, framing: ProtocolKind) -> None:
         assert reading.kind is ch.kind
         assert reading.status == EXPECTED_STATUS[ch], ch
         assert reading.protocol is framing
-        assert len(reading.raw) == 14  # value 4, name 6, unit 4 bytes as received
+        # A value-only sweep: the 4 value bytes as received (else value, name, unit: 14).
+        assert len(reading.raw) == (4 if value_only else 14)
     assert frame.channel(I2).status.ok is False
     assert frame.channel(I1).status.ok is True
     assert frame.channel(E1).status.ok is False  # Invalid counts as a fault
@@ -244,7 +247,9 @@ async def test_one_poll_is_three_transactions_at_19200_rtu() -> None:
                 for _ in range(3):
                     mark = len(sim.requests)
                     await anz.poll()
-                    assert since(sim, mark) == reads(RTU, 1, *BROAD)
+                    assert since(sim, mark) == reads(RTU, 1, *VALUE_BROAD)
+                await anz.identify(refresh=True)
+                assert since(sim, mark + 3) == reads(RTU, 1, (4, 0, 70))
     # The worked ADUs of protocol.md §4.11, byte for byte.
     assert reads(RTU, 1, *BROAD) == [
         bytes.fromhex("01 04 00 00 00 46 71 F8"),
@@ -254,12 +259,44 @@ async def test_one_poll_is_three_transactions_at_19200_rtu() -> None:
     assert {r.outcome for r in sim.requests} == {RequestOutcome.ANSWERED}
 
 
+@pytest.mark.parametrize("framing", [RTU, ASCII])
+async def test_sweeps_read_values_only_until_identify_refreshes_the_names(
+    framing: ProtocolKind,
+) -> None:
+    """Names and units are cached: after identify every sweep reads the 2 value registers per
+    slot (the request log shows FC04 (0, 65), never a name register again), so a renamed
+    slot keeps its old name — until ``identify(refresh=True)`` re-reads all ten slots."""
+    async with served(mode=framing, realtime=False) as (sim, path):
+        with anyio.fail_after(20):
+            async with await open_device(path, protocol=framing) as anz:
+                assert since(sim, 0) == reads(framing, 1, (4, 0, 70))  # identify
+                mark = len(sim.requests)
+                sim.set_name(I1, "N2")
+                sim.set_value(I1, 21.5)
+                frame = await anz.poll()
+                assert since(sim, mark) == reads(framing, 1, *VALUE_BROAD)
+                assert frame.channel(I1).value == 21.5  # the value is read …
+                assert frame.channel(I1).name == "Oxygen"  # … the name is the cached one
+                assert frame.channel(I1).raw == struct.pack(">f", 21.5)
+                assert (await anz.identify()).channels[0].name == "Oxygen"  # cached: no I/O
+                assert len(sim.requests) == mark + 3
+                info = await anz.identify(refresh=True)
+                assert since(sim, mark + 3) == reads(framing, 1, (4, 0, 70))
+                assert info.channels[0].name == "N2"
+                mark = len(sim.requests)
+                frame = await anz.poll()
+                assert since(sim, mark) == reads(framing, 1, *VALUE_BROAD)
+                assert frame.channel(I1).name == "N2"
+                assert frame.channel(I1).unit is Unit.PERCENT
+
+
 @pytest.mark.parametrize(
     ("framing", "baud", "fc04"),
     [
-        (RTU, 4800, ((4, 0, 21), (4, 56, 14))),  # split: 340.0 ms vs 388.8 (protocol.md §9.3)
-        (ASCII, 9600, ((4, 0, 21), (4, 56, 14))),  # split: 344.2 ms vs 390.8
-        (RTU, 9600, ((4, 0, 70),)),  # one broad read still wins
+        # Value-only spans (identify cached the names): I1-I3 and E1-E2 read together.
+        (RTU, 4800, ((4, 0, 16), (4, 56, 9))),  # split: 298.3 ms vs 367.9 for (0, 65)
+        (ASCII, 9600, ((4, 0, 16), (4, 56, 9))),  # split: 302.5 ms vs 370.0
+        (RTU, 9600, ((4, 0, 65),)),  # one broad read still wins
     ],
 )
 async def test_plan_follows_baud_rate_and_framing(
@@ -296,10 +333,10 @@ async def test_gap_free_reads_learned_from_one_exception_02_and_kept(
                 later = [await anz.poll() for _ in range(2)]
                 after = sim.requests[mark:]
                 planner = anz.read_planner
-    gap_free = reads(framing, 1, (4, 0, 21), (4, 56, 14), (2, 0, 24), (2, 64, 16), (2, 1000, 16))
+    gap_free = reads(framing, 1, (4, 0, 16), (4, 56, 9), (2, 0, 24), (2, 64, 16), (2, 1000, 16))
     # One exception 02 per space, then the gap-free reads (completed reads are kept).
     assert learned == [
-        *reads(framing, 1, (4, 0, 70)),
+        *reads(framing, 1, (4, 0, 65)),
         *gap_free[:2],
         *reads(framing, 1, (2, 0, 80)),
         *gap_free[2:],
@@ -369,9 +406,15 @@ async def run_polls(n: int) -> None:
         stats = anz.statistics()
     assert errors == []
     outcomes = [r.outcome for r in sim.requests]
-    assert len(outcomes) == 1 + 3 * n  # identify + 3 per poll: no attempt was repeated
     assert set(outcomes) == {RequestOutcome.ANSWERED}  # the silence rule never bit
-    assert stats.retries == 0
+    # identify + 3 per poll. This runs on the real clock: once the reply wait is learned
+    # (wire time + ~50 ms), a busy machine waking the loop late can make an attempt give up
+    # on a reply that is on its way; it is retried (after a fence), never lost, so any
+    # repeated attempt must be one of those.
+    assert stats.retries <= stats.short_timeouts
+    assert len(outcomes) >= 1 + 3 * n
+    if stats.retries == 0:
+        assert len(outcomes) == 1 + 3 * n
     assert stats.timeouts == 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import tty
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ import anyio.abc
 import anyio.from_thread
 import pytest
 
-from helpers import two_block_frame
+from helpers import PtyFeeder, served_on_pty, two_block_frame
 from servomexlib.clients.continuous import ContinuousClient
 from servomexlib.devices.factory import open_continuous, open_device
 from servomexlib.devices.models import (
@@ -89,8 +88,7 @@ def old_broadcaster() -> Iterator[Broadcaster]:
     with anyio.from_thread.start_blocking_portal("asyncio") as portal:
         sim = Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=PERIOD, clock=None)
         sim.set_clock(utc_now_naive())  # the analyser clock runs on UTC from now on
-        with portal.wrap_async_context_manager(sim):
-            path = portal.call(sim.serve_pty)
+        with portal.wrap_async_context_manager(served_on_pty(sim)) as (_, path):
             yield Broadcaster(sim, path, time.monotonic())
 
 
@@ -134,14 +132,12 @@ async def test_first_frame_after_a_thirty_second_broadcast_is_fresh(
 
 @pytest.fixture
 def pty_pair() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    path = os.ttyname(slave)
+    # The slave is kept open meanwhile, as a broadcaster serving the pty does.
+    feeder = PtyFeeder(hold_slave=True)
     try:
-        yield master, path
+        yield feeder.master, feeder.path
     finally:
-        os.close(master)
-        os.close(slave)  # kept open meanwhile, as a broadcaster serving the pty does
+        feeder.close()
 
 
 async def test_serial_open_discards_what_the_pty_held(pty_pair: tuple[int, str]) -> None:

@@ -44,8 +44,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
-from anyio.streams.memory import MemoryObjectSendStream
 
+from helpers import served_on_pty
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ProtocolKind, Sample, StreamMode
@@ -54,7 +54,7 @@ from servomexlib.sim import SimLine, Simulator
 from servomexlib.sinks import CsvSink, JsonlSink, SqliteSink
 from servomexlib.sinks.base import BaseSink
 from servomexlib.streaming.recorder import PollSource, record
-from servomexlib.streaming.stream_session import StreamingSession
+from servomexlib.streaming.stream_session import SampleSender, StreamingSession
 from servomexlib.transport import FakeTransport
 
 pytestmark = pytest.mark.anyio
@@ -258,8 +258,8 @@ async def modbus_fake(tmp: Path) -> AsyncIterator[Scenario]:
 
 @asynccontextmanager
 async def modbus_pty(tmp: Path) -> AsyncIterator[Scenario]:
-    async with Simulator(mode=RTU, realtime=False) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=RTU, realtime=False)
+    async with served_on_pty(sim) as (_, path):
 
         async def body(arm: Arm) -> None:
             async with await open_device(path, protocol=RTU) as anz:
@@ -433,7 +433,7 @@ async def manager(tmp: Path) -> AsyncIterator[Scenario]:
 
 @asynccontextmanager
 async def session(tmp: Path) -> AsyncIterator[Scenario]:
-    async def produce(send: MemoryObjectSendStream[Sample]) -> None:
+    async def produce(send: SampleSender) -> None:
         for n in range(50):
             send.send_nowait(_sample(n))
             await anyio.lowlevel.checkpoint()
@@ -547,8 +547,8 @@ async def test_reconnect_factory_enters_analyzers_in_the_callers_exit_stack() ->
     fds = open_fds()
     batches: list[Sequence[Sample]] = []
     opened: list[Analyzer] = []
-    async with Simulator(mode=RTU, address=30, realtime=False) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=RTU, address=30, realtime=False)
+    async with served_on_pty(sim) as (_, path):
         base_fds = open_fds()
         with anyio.fail_after(30):
             async with AsyncExitStack() as stack:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import CliRun, run
 from servomexlib.cli import main
 from servomexlib.cli.recording_files import (
     LEGACY_COLUMNS,
@@ -37,13 +38,9 @@ ONE_TICK = ["capture", SIM, "--protocol", "modbus_rtu", "--rate", "3", "--durati
 FINAL_RE = re.compile(r"captured (\d+) samples to (.+?) in \d+\.\d\ds(.*)")
 
 
-def capture(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[int, str, str]:
+def capture(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> CliRun:
     # One tick (--rate 3, --duration 0.1): five samples, one per identified channel.
-    code = main(
-        [*ONE_TICK, "--out", str(out), *extra],
-    )
-    stdout, stderr = capsys.readouterr()
-    return code, stdout, stderr
+    return run(capsys, *ONE_TICK, "--out", str(out), *extra)
 
 
 def rows_in(path: Path, fmt: str) -> int:
@@ -103,17 +100,17 @@ def test_every_existing_format_against_every_format(
     out = tmp_path / recordings[existing].name
     shutil.copyfile(recordings[existing], out)
     before = digest(out)
-    code, stdout, stderr = capture(capsys, out, "--format", asked)
+    code, lines, stderr = capture(capsys, out, "--format", asked)
     if existing == asked and asked in APPENDABLE:
         assert code == 0, stderr
-        match = FINAL_RE.fullmatch(stdout.strip())
-        assert match, stdout
+        match = FINAL_RE.fullmatch("\n".join(lines).strip())
+        assert match, lines
         assert int(match.group(1)) == 5
         assert match.group(3).endswith(", appended")
         assert rows_in(out, existing) == 10  # the old five and the new five
         return
     assert code == 1
-    assert stdout == ""
+    assert lines == []
     assert stderr.startswith(f"error: {out} ")
     assert stderr.count("\n") == 1
     assert "--overwrite" in stderr
@@ -132,9 +129,9 @@ def test_overwrite_replaces_any_recording(
     asked = "jsonl" if existing != "jsonl" else "sqlite"
     out = tmp_path / recordings[existing].name
     shutil.copyfile(recordings[existing], out)
-    code, stdout, stderr = capture(capsys, out, "--format", asked, "--overwrite")
+    code, lines, stderr = capture(capsys, out, "--format", asked, "--overwrite")
     assert code == 0, stderr
-    assert not stdout.strip().endswith("appended")
+    assert not "\n".join(lines).strip().endswith("appended")
     assert sniff_recording(out).format == asked
     assert rows_in(out, asked) == 5
 
@@ -170,8 +167,8 @@ def test_a_file_that_is_not_a_recording_is_refused(
     ]:
         out = tmp_path / name
         out.write_bytes(content)
-        code, stdout, err = capture(capsys, out)
-        assert (code, stdout) == (1, ""), name
+        code, lines, err = capture(capsys, out)
+        assert (code, lines) == (1, []), name
         assert err.startswith(f"error: {out} already exists and holds something that is not a")
         assert err.endswith(": pass --overwrite to replace it, or choose another --out\n")
         assert out.read_bytes() == content, name
@@ -200,9 +197,9 @@ def test_an_empty_file_is_a_new_recording(
     for fmt in FORMATS:
         out = tmp_path / f"empty{SUFFIX[fmt]}"
         out.touch()
-        code, stdout, err = capture(capsys, out)
+        code, lines, err = capture(capsys, out)
         assert code == 0, err
-        assert not stdout.strip().endswith("appended")
+        assert not "\n".join(lines).strip().endswith("appended")
         assert rows_in(out, fmt) == 5
 
 
@@ -268,9 +265,11 @@ def test_overwrite_keeps_the_old_file_when_the_device_cannot_be_opened(
     out = tmp_path / "rec.jsonl"
     shutil.copyfile(recordings["jsonl"], out)
     before = digest(out)
-    code = main(["capture", str(tmp_path / "no-such-port"), "--out", str(out), "--overwrite"])
+    code, _, err = run(
+        capsys, "capture", str(tmp_path / "no-such-port"), "--out", str(out), "--overwrite"
+    )
     assert code == 1
-    assert capsys.readouterr().err.startswith("error: could not open ")
+    assert err.startswith("error: could not open ")
     assert digest(out) == before
 
 

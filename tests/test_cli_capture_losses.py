@@ -19,7 +19,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from servomexlib.cli import build_parser, main
+from cli_helpers import run
+from servomexlib.cli import build_parser
 from servomexlib.cli.capture import final_line, max_rate_text, run_capture
 from servomexlib.devices.models import ChannelId, ProtocolKind
 from servomexlib.sim import Simulator
@@ -53,24 +54,24 @@ def test_a_rate_the_bus_cannot_carry_is_refused_before_any_io(
 ) -> None:
     sim = Simulator(name="cli-rate-before-io", realtime=False)
     out = tmp_path / "never.csv"
-    code = main([*CAPTURE_BEFORE_IO, "--protocol", "modbus_rtu", "--rate", "50", "--out", str(out)])
+    code, _, err = run(
+        capsys, *CAPTURE_BEFORE_IO, "--protocol", "modbus_rtu", "--rate", "50", "--out", str(out)
+    )
     assert code == 1
-    assert capsys.readouterr().err == (
+    assert err == (
         "error: --rate 50 is more than modbus_rtu at 19200 baud can carry for this sweep "
         "(3 transactions, ≈ 0.31 s): use --rate 3.2 or less\n"
     )
     assert sim.requests == ()  # not one byte was sent
     assert not out.exists()
     # The same sweep in Modbus ASCII at 9600 baud costs more wire time.
-    code = main(
-        [
-            *CAPTURE_BEFORE_IO,
-            *("--protocol", "modbus_ascii", "--baud", "9600", "--rate", "2"),
-            *("--out", str(out)),
-        ]
+    code, _, err = run(
+        capsys,
+        *CAPTURE_BEFORE_IO,
+        *("--protocol", "modbus_ascii", "--baud", "9600", "--rate", "2"),
+        *("--out", str(out)),
     )
     assert code == 1
-    err = capsys.readouterr().err
     assert err.startswith("error: --rate 2 is more than modbus_ascii at 9600 baud can carry")
     assert err.endswith("(3 transactions, ≈ 0.61 s): use --rate 1.6 or less\n")
     assert sim.requests == ()
@@ -80,19 +81,29 @@ def test_a_rate_the_bus_cannot_carry_is_refused_right_after_auto(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "never.jsonl"
-    code = main(["capture", "sim://?realtime=0", "--rate", "50", "--out", str(out)])
+    code, _, err = run(capsys, "capture", "sim://?realtime=0", "--rate", "50", "--out", str(out))
     assert code == 1
-    assert capsys.readouterr().err == (
+    # After identify the sweep reads value registers only: FC04 (0, 65), cheaper than the
+    # all-slot whole-block plan checked before any I/O (0.31 s).
+    assert err == (
         "error: --rate 50 is more than modbus_rtu at 19200 baud can carry for this sweep "
-        "(3 transactions, ≈ 0.31 s): use --rate 3.2 or less\n"
+        "(3 transactions, ≈ 0.30 s): use --rate 3.2 or less\n"
     )
     assert not out.exists()
     # The highest rate it named is accepted.
-    code = main(
-        ["capture", "sim://?realtime=0", "--rate", "3.2", "--duration", "0.1", "--out", str(out)]
+    code, lines, _ = run(
+        capsys,
+        "capture",
+        "sim://?realtime=0",
+        "--rate",
+        "3.2",
+        "--duration",
+        "0.1",
+        "--out",
+        str(out),
     )
     assert code == 0
-    assert capsys.readouterr().out.startswith("captured 5 samples to ")
+    assert lines[0].startswith("captured 5 samples to ")
 
 
 # ---------------------------------------------------------------------------- the final line
@@ -197,20 +208,18 @@ def test_continuous_capture_writes_every_frame_once(
     )
     sim.drift(ChannelId.I1, rate_per_s=1.0)  # +0.5 per frame on the simulator's timeline
     out = tmp_path / "frames.jsonl"
-    code = main(
-        [
-            *("capture", "sim://cli-capture-each-frame", "--protocol", "continuous"),
-            *("--rate", "7", "--duration", "10", "--frame-period", "0.5", "--out", str(out)),
-        ]
+    code, lines, stderr = run(
+        capsys,
+        *("capture", "sim://cli-capture-each-frame", "--protocol", "continuous"),
+        *("--rate", "7", "--duration", "10", "--frame-period", "0.5", "--out", str(out)),
     )
-    stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert stderr == (
         "note: --rate is ignored for a continuous analyser: the broadcast sets the cadence and "
         "every frame is written once\n"
     )
     rows = [json.loads(row) for row in out.read_text().splitlines()]
-    assert stdout.startswith(f"captured {len(rows)} samples to {out} in ")
+    assert lines[0].startswith(f"captured {len(rows)} samples to {out} in ")
     keys = [(r["device"], r["received_at"], r["channel"]) for r in rows]
     assert len(keys) == len(set(keys))  # no sample written twice
     o2 = [r["value"] for r in rows if r["channel"] == "I1"]

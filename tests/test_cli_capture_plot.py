@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from servomexlib.cli import main
+from cli_helpers import run
 
 DATA = Path(__file__).parent / "data"
 LIVE = DATA / "continuous_4100_live_5ch.bin"
@@ -26,12 +26,6 @@ CAPTURED_RE = (
     r"captured (\d+) samples to (.+?) in (\d+\.\d\d)s"
     r"(?: \(\d+\.\d\d Hz, \d+ late, \d+ disconnects totalling \d+\.\ds\))?"
 )
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err
 
 
 def png_size(path: Path) -> tuple[int, int]:

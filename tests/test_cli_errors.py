@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from servomexlib.cli import SUBCOMMANDS, build_parser, main
+from cli_helpers import run
+from servomexlib.cli import SUBCOMMANDS, build_parser
 from servomexlib.cli.common import (
     cli_wording,
     context_words,
@@ -47,12 +48,6 @@ DEVICE_COMMANDS: list[list[str]] = [
 ]
 #: Fast failure: AUTO listens max(timeout, 2 x frame period) per step.
 FAST = ["--timeout", "0.05", "--frame-period", "0.02"]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def device_argv(command: list[str], port: str, tmp_path: Path, *extra: str) -> list[str]:
@@ -101,9 +96,9 @@ def test_device_commands_on_a_path_that_is_no_serial_port(
 ) -> None:
     port = {"/dev/null": "/dev/null", "regular file": str(regular_file), "directory": "/tmp"}[kind]
     for protocol in (["--protocol", "modbus_rtu"], []):  # a framing given, and AUTO
-        code, out, err = run(capsys, *device_argv(command, port, tmp_path, *protocol, *FAST))
+        code, lines, err = run(capsys, *device_argv(command, port, tmp_path, *protocol, *FAST))
         assert_one_error_line(code, err)
-        assert out == ""
+        assert lines == []  # nothing at all on stdout
     assert not (tmp_path / "never.csv").exists()  # capture creates no file for a dead port
 
 
@@ -112,17 +107,17 @@ def test_discover_and_decode_on_a_path_that_is_no_serial_port(
     capsys: pytest.CaptureFixture[str], regular_file: Path, kind: str
 ) -> None:
     port = {"/dev/null": "/dev/null", "regular file": str(regular_file), "directory": "/tmp"}[kind]
-    code, out, err = run(capsys, "discover", port, *FAST)
+    code, lines, err = run(capsys, "discover", port, *FAST)
     assert "Traceback" not in err
     if err:  # an error nobody expected still gives one line
         assert_one_error_line(code, err)
     else:  # the port is reported as holding no device (api.md §13: exit 2 when none found)
         assert code == 2
-        assert out.splitlines()[0].startswith(f"{port}: no device (")
-    code, out, err = run(capsys, "decode", "--fixture", port)
+        assert lines[0].startswith(f"{port}: no device (")
+    code, lines, err = run(capsys, "decode", "--fixture", port)
     if kind == "regular file":  # readable: reported as a frame that does not decode
         assert code == 0
-        assert "  parse error: " in out
+        assert any("  parse error: " in line for line in lines)
     else:
         assert_one_error_line(code, err)
 
@@ -132,9 +127,9 @@ def test_device_commands_on_a_tcp_peer_that_never_answers(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, silent_listener: str, command: list[str]
 ) -> None:
     argv = device_argv(command, silent_listener, tmp_path, "--protocol", "modbus_rtu", *FAST)
-    code, out, err = run(capsys, *argv)
+    code, lines, err = run(capsys, *argv)
     assert_one_error_line(code, err)
-    assert out == ""
+    assert lines == []
     # The context in words, not as key=value pairs; no raw bytes without --verbose.
     assert f"port {silent_listener}" in err
     assert "address 1" in err
@@ -157,9 +152,9 @@ def test_simulate_on_a_busy_tcp_port(capsys: pytest.CaptureFixture[str]) -> None
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
         port = sock.getsockname()[1]
-        code, out, err = run(capsys, "simulate", "--tcp", f"127.0.0.1:{port}")
+        code, lines, err = run(capsys, "simulate", "--tcp", f"127.0.0.1:{port}")
     assert_one_error_line(code, err)
-    assert out == ""  # no address line for a server that never started
+    assert lines == []  # no address line for a server that never started
     assert "in use" in err.lower()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from servomexlib.cli import main
+from cli_helpers import run
 from servomexlib.cli.plot import (
     CONSTANT_BASE_IN,
     CONSTANT_ROW_IN,
@@ -60,12 +60,6 @@ SLOTS = (
     ("E2", "external_input", None, "mA"),
 )
 HH_MM_SS = re.compile(r"\d\d:\d\d:\d\d")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], list[str]]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err.splitlines()
 
 
 def reading_row(
@@ -443,9 +437,9 @@ def test_rows_that_cannot_be_placed_refuse_the_file(
     code, lines, err = run(capsys, "plot", str(rec))
     assert code == 1
     assert lines == []
-    assert len(err) == 1
-    assert err[0].startswith(f"error: cannot plot {str(rec)!r}: ")
-    assert message in err[0]
+    assert len(err.splitlines()) == 1
+    assert err.splitlines()[0].startswith(f"error: cannot plot {str(rec)!r}: ")
+    assert message in err.splitlines()[0]
     assert not rec.with_suffix(".png").exists()
 
 
@@ -497,7 +491,7 @@ def test_unknown_extension_is_one_error_line(
     code, lines, err = run(capsys, "plot", str(rec), "--out", str(out))
     assert code == 1
     assert lines == []
-    assert err == [
+    assert err.splitlines() == [
         f"error: cannot write a plot to {str(out)!r}: supported extensions are .png, .svg, .pdf"
     ]
     assert rec.read_bytes() == before  # --out naming the recording never touches it
@@ -511,8 +505,8 @@ def test_unwritable_out_is_an_error_line(
     out = tmp_path / "no-such-dir" / "fig.png"
     code, _, err = run(capsys, "plot", str(rec), "--out", str(out))
     assert code == 1
-    assert len(err) == 1
-    assert err[0].startswith(f"error: cannot write the plot to {str(out)!r}")
+    assert len(err.splitlines()) == 1
+    assert err.splitlines()[0].startswith(f"error: cannot write the plot to {str(out)!r}")
 
 
 # ------------------------------------------------------------------------------- time axis

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import run
 from servomexlib import __version__
 from servomexlib.cli import (
     capture_main,
@@ -30,12 +31,6 @@ CONT = "sim://?mode=continuous&period=0.05&realtime=0"
 #: The O2 values in the live capture (the replay may start at any of its frames).
 LIVE_O2 = {20.378, 20.379}
 READING_RE = re.compile(r"^  (I1|I2|I3|E1|E2) +\S.{11} [ \S]{10} \S+ +ok=(True|False)$")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err
 
 
 def exit_code(fn: object, argv: list[str]) -> int:

@@ -16,12 +16,14 @@ import anyio
 import pytest
 
 from servomexlib.cli import build_parser, main
+from servomexlib.cli import discover as discover_cmd
 from servomexlib.cli import watch as watch_cmd
 from servomexlib.cli.watch import WatchState, flags_text, render, sparkline
 from servomexlib.decode import decode_frame, split_frames
 from servomexlib.devices.models import ProtocolKind
 from servomexlib.sim import Simulator
 from servomexlib.streaming import recorder
+from servomexlib.transport.listing import SerialPortInfo
 
 DATA = Path(__file__).parent / "data"
 LIVE = DATA / "continuous_4100_live_5ch.bin"
@@ -209,7 +211,7 @@ def test_discover_ports_and_fixture(capsys: pytest.CaptureFixture[str]) -> None:
         "    E1  None (mA)",
         "    E2  None (mA)",
     ]
-    assert out[6] == "sim://?realtime=0: modbus_rtu"
+    assert out[6] == "sim://?realtime=0: modbus_rtu address 1"
     assert out[9] == "    I3  CO₂ (%)"
     assert out[12].startswith("/dev/servomex-none: no device (could not open /dev/servomex-none")
     assert out[13] == f"{LIVE}: continuous [broadcaster]"
@@ -220,11 +222,170 @@ def test_discover_nothing_found_and_json(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["discover", "/dev/servomex-none"]) == 2
     out = capsys.readouterr().out.splitlines()
     assert out[-2:] == ["", "0/1 port(s) recognised"]
-    assert main(["discover"]) == 2
-    assert capsys.readouterr().err.startswith("error: give at least one port")
     assert main(["discover", "--fixture", str(LIVE), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is True
     assert doc["broadcaster"] is True
     assert doc["protocol"] == "continuous"
+    assert doc["address"] is None
+    assert doc["hint"] is None
     assert [c["channel"] for c in doc["device"]["channels"]] == ["I1", "I2", "I3", "E1", "E2"]
+
+
+FAKE_PORTS = [
+    SerialPortInfo(
+        "/dev/ttyUSB0",
+        "FT232R USB UART",
+        vid=0x0403,
+        pid=0x6001,
+        serial_number="A12345",
+        by_id="/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A12345-if00-port0",
+    ),
+    SerialPortInfo("/dev/ttyS0"),
+]
+
+
+def test_discover_without_a_port_lists_the_serial_ports(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fake_listing() -> list[SerialPortInfo]:
+        return FAKE_PORTS
+
+    monkeypatch.setattr(discover_cmd, "list_ports", fake_listing)
+    assert main(["discover"]) == 2
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "/dev/ttyUSB0  FT232R USB UART  [0403:6001]  "
+        "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A12345-if00-port0",
+        "/dev/ttyS0  (no description)",
+    ]
+    assert err.startswith("give a port to probe (servomex discover PORT")
+    assert main(["discover", "--format", "json"]) == 2
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["path"] for d in docs] == ["/dev/ttyUSB0", "/dev/ttyS0"]
+    assert (docs[0]["vid"], docs[0]["pid"], docs[0]["usb_id"]) == (0x0403, 0x6001, "0403:6001")
+    assert docs[1]["usb_id"] is None
+
+    async def no_ports() -> list[SerialPortInfo]:
+        return []
+
+    monkeypatch.setattr(discover_cmd, "list_ports", no_ports)
+    assert main(["discover"]) == 2
+    assert capsys.readouterr().out == "no serial ports found on this machine\n"
+
+
+BUS = "sim://?address=1,2,30&realtime=0"
+BLOCK = [
+    "    I1  Oxygen (%)",
+    "    I2  CO (%)",
+    "    I3  CO₂ (%)",
+    "    E1  None (mA)",
+    "    E2  None (mA)",
+]
+
+
+def test_discover_scans_a_simulated_bus(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["discover", BUS, "--address", "1-4,30"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out == [
+        f"{BUS}: modbus_rtu address 1",
+        *BLOCK,
+        f"{BUS}: modbus_rtu address 2",
+        *BLOCK,
+        f"{BUS}: modbus_rtu address 30",
+        *BLOCK,
+        "",
+        "1/1 port(s) recognised",
+    ]
+    assert main(["discover", BUS, "--address", "2,30", "--format", "json"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["address"], d["ok"], d["protocol"]) for d in docs] == [
+        (2, True, "modbus_rtu"),
+        (30, True, "modbus_rtu"),
+    ]
+    assert [d["device"]["address"] for d in docs] == [2, 30]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            [BUS, "--address", "5", "--protocol", "modbus_rtu"],
+            f"{BUS}: no device at address 5 (addresses 1, 2, 30 answer: try --address 1,2,30)",
+        ),
+        (
+            [
+                "sim://?address=30&realtime=0",
+                "--address",
+                "5-9",
+                "--timeout",
+                "0.2",
+                "--frame-period",
+                "0.1",
+            ],
+            "sim://?address=30&realtime=0: no device at addresses 5-9 "
+            "(address 30 answers: try --address 30)",
+        ),
+        (
+            [CONT, "--address", "5", "--protocol", "modbus_rtu"],
+            f"{CONT}: no device at address 5 "
+            "(the line carries a continuous broadcast: try --protocol continuous)",
+        ),
+    ],
+)
+def test_discover_says_what_the_line_carries_at_a_wrong_address(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["discover", *argv]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out == [line, "", "0/1 port(s) recognised"]
+
+
+def test_discover_json_carries_the_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["discover", CONT, "--address", "5", "--protocol", "modbus_rtu", "--format", "json"]
+    assert main(argv) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False
+    assert doc["hint"] == {
+        "continuous_broadcast": True,
+        "answering": [],
+        "answering_protocol": None,
+        "text": "the line carries a continuous broadcast: try --protocol continuous",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "outside 1-247"),
+        ("248", "outside 1-247"),
+        ("10-1", "runs backwards: write 1-10"),
+        ("1,1", "given twice"),
+        ("x", "not a Modbus address"),
+        ("", "expected Modbus addresses"),
+    ],
+)
+def test_discover_refuses_a_bad_address_list_before_any_io(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["discover", "/dev/servomex-none", "--address", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --address" in err
+    assert message in err
+
+
+def test_discover_refuses_a_modbus_protocol_with_a_fixture(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["discover", "--fixture", str(LIVE), "--protocol", "modbus_rtu"]) == 1
+    assert "--fixture replays a continuous capture" in capsys.readouterr().err
+
+
+def test_discover_alias_has_the_same_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from servomexlib.cli import discover_main
+
+    assert discover_main([BUS, "--address", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{BUS}: modbus_rtu address 2"

@@ -13,6 +13,7 @@ from anymodbus.framing import get_framer
 from anymodbus.pdu import encode_exception_response
 
 from _modbus_server import ModbusTestServer
+from helpers import PtyFeeder, served_on_pty
 from servomexlib.clients.detect import detect_protocol
 from servomexlib.devices.models import ProtocolKind
 from servomexlib.errors import ServomexConnectionError, ServomexValidationError
@@ -221,8 +222,8 @@ async def test_open_device_auto_over_a_pty_within_the_bound(
     from servomexlib.sim import Simulator
 
     period = 2.0  # the simulator's and the library's default broadcast period
-    async with Simulator(mode=mode, address=address, frame_period=period) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=mode, address=address, frame_period=period)
+    async with served_on_pty(sim) as (_, path):
         # Join the line mid-broadcast, as a real host would: the next whole frame is up to one
         # period away.
         await anyio.sleep(0.7)
@@ -258,8 +259,8 @@ async def test_continuous_found_during_the_probes_not_after_them() -> None:
     from servomexlib.sim import Simulator
     from servomexlib.transport.serial import SerialTransport
 
-    async with Simulator(mode="continuous", frame_period=0.5, realtime=True) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode="continuous", frame_period=0.5, realtime=True)
+    async with served_on_pty(sim) as (_, path):
         transport = await SerialTransport.open(SerialSettings(port=path))
         try:
             started = time.monotonic()
@@ -277,15 +278,12 @@ async def test_continuous_found_during_the_probes_not_after_them() -> None:
 
 
 async def test_silent_pty_raises_connection_error_naming_what_was_tried() -> None:
-    import os
-
     from servomexlib.settings import SerialSettings
     from servomexlib.transport.serial import SerialTransport
 
-    master, slave = os.openpty()
+    silent = PtyFeeder(hold_slave=True)  # nothing is ever written into it
     try:
-        path = os.ttyname(slave)
-        transport = await SerialTransport.open(SerialSettings(port=path))
+        transport = await SerialTransport.open(SerialSettings(port=silent.path))
         started = time.monotonic()
         try:
             with anyio.fail_after(20), pytest.raises(ServomexConnectionError) as info:
@@ -293,11 +291,10 @@ async def test_silent_pty_raises_connection_error_naming_what_was_tried() -> Non
         finally:
             await transport.aclose()
     finally:
-        os.close(master)
-        os.close(slave)
+        silent.close()
     elapsed = time.monotonic() - started
     # 2 framings × 2 tries × 3 attempts × (0.1 s + silence/late-reply window) + 0.4 s listen.
     assert 0.4 < elapsed < 2 * 2 * 3 * (0.1 + 0.11) + 0.4 + 1.0
     err = info.value
-    assert str(err).startswith(f"no recognised protocol on {path}")
+    assert str(err).startswith(f"no recognised protocol on {silent.path}")
     assert err.context.extra["tried"] == "modbus_rtu,modbus_ascii,continuous"

@@ -6,10 +6,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
+import anyserial
 import pytest
 from anymodbus.crc import crc16_modbus_bytes
+from anyserial.exceptions import UnsupportedPlatformError
 
 from servomexlib.devices.models import ChannelId, ProtocolKind
 from servomexlib.discovery import (
@@ -20,12 +23,14 @@ from servomexlib.discovery import (
     summarize,
 )
 from servomexlib.errors import (
+    ServomexConfigurationError,
     ServomexConnectionError,
     ServomexModbusError,
     ServomexValidationError,
 )
 from servomexlib.settings import SerialSettings
 from servomexlib.sim import Simulator
+from servomexlib.transport.listing import SerialPortInfo, list_serial_ports
 from servomexlib.transport.serial import SerialTransport
 from servomexlib.units import Unit
 
@@ -202,3 +207,85 @@ async def test_sim_url_port_and_empty_summary() -> None:
     assert result.info.address == 12
     empty = summarize([])
     assert (empty.found, empty.failed, empty.total) == ((), (), 0)
+
+
+async def test_a_modbus_result_carries_its_address() -> None:
+    with anyio.fail_after(10):
+        (result,) = await find_devices(["sim://?mode=modbus_rtu&address=12&realtime=0"], address=12)
+    assert result.address == 12
+    assert result.hint is None
+
+
+async def test_find_devices_with_addresses_scans_each_port() -> None:
+    ports = ["sim://?address=1,3&realtime=0", "sim://?mode=continuous&period=0.1&realtime=0"]
+    with anyio.fail_after(30):
+        results = await find_devices(ports, addresses="1-3", timeout=0.2, frame_period=0.1)
+    assert [(r.port, r.protocol, r.address, r.ok) for r in results] == [
+        (ports[0], ProtocolKind.MODBUS_RTU, 1, True),
+        (ports[0], ProtocolKind.MODBUS_RTU, 3, True),
+        (ports[1], ProtocolKind.CONTINUOUS_ASCII, None, True),
+    ]
+
+
+# ---------------------------------------------------------------------------- port listing
+
+
+def _port_info(device: str, **kw: object) -> anyserial.PortInfo:
+    return anyserial.PortInfo(device=device, **kw)  # type: ignore[arg-type]
+
+
+async def test_the_port_listing_adds_by_id_names_and_usb_ids(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "ttyUSB0").touch()
+    (dev / "ttyS0").touch()
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    link = by_id / "usb-FTDI_FT232R_USB_UART_A12345-if00-port0"
+    link.symlink_to(dev / "ttyUSB0")
+
+    async def enumerate_ports() -> list[anyserial.PortInfo]:
+        return [
+            _port_info(str(dev / "ttyUSB0"), vid=0x0403, pid=0x6001, product="FT232R USB UART"),
+            _port_info(str(dev / "ttyS0")),
+            _port_info("/dev/ttyACM0", vid=0x2341, pid=0x43, manufacturer="Arduino", product="Uno"),
+        ]
+
+    ports = await list_serial_ports(enumerate_ports=enumerate_ports, by_id_dir=by_id)
+    assert [p.path for p in ports] == sorted(
+        ["/dev/ttyACM0", str(dev / "ttyUSB0"), str(dev / "ttyS0")]
+    )
+    by_path = {p.path: p for p in ports}
+    usb = by_path[str(dev / "ttyUSB0")]
+    assert (usb.description, usb.usb_id, usb.by_id) == ("FT232R USB UART", "0403:6001", str(link))
+    plain = by_path[str(dev / "ttyS0")]
+    assert (plain.description, plain.usb_id, plain.by_id) == (None, None, None)
+    assert by_path["/dev/ttyACM0"].description == "Arduino Uno"
+    assert by_path["/dev/ttyACM0"].usb_id == "2341:0043"
+    # No by-id directory (no adapter plugged in, or not Linux): no aliases, no error.
+    ports = await list_serial_ports(enumerate_ports=enumerate_ports, by_id_dir=tmp_path / "none")
+    assert all(p.by_id is None for p in ports)
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (UnsupportedPlatformError("no discovery on plan9"), ServomexConfigurationError),
+        (PermissionError(13, "Permission denied"), ServomexConnectionError),
+    ],
+)
+async def test_a_failed_port_listing_is_a_servomex_error(
+    failure: Exception, error: type[Exception]
+) -> None:
+    async def enumerate_ports() -> list[anyserial.PortInfo]:
+        raise failure
+
+    with pytest.raises(error) as info:
+        await list_serial_ports(enumerate_ports=enumerate_ports)
+    assert info.value.__cause__ is failure
+
+
+async def test_the_machine_listing_runs() -> None:
+    """The real enumeration (whatever this machine has) returns SerialPortInfo values."""
+    ports = await list_serial_ports()
+    assert all(isinstance(p, SerialPortInfo) and p.path for p in ports)

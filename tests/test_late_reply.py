@@ -2,8 +2,8 @@
 
 Every test here runs the realistic simulator (byte pacing at 19200 baud, 15-30 ms turnaround,
 the silence rule) on the event loop's clock, and the event loop on virtual time: trio under
-``MockClock(autojump_threshold=0)`` and asyncio under :class:`VirtualTimeLoop` below, which
-does the same for asyncio (when nothing is ready, time jumps to the next timer). A sweep of
+``MockClock(autojump_threshold=0)`` and asyncio under ``VirtualTimeLoop`` (tests/_virtual_time.py),
+which does the same for asyncio (when nothing is ready, time jumps to the next timer). A sweep of
 ~100 delays that would take minutes of wall time runs in about a second, and both backends
 see exactly the same timeline, so the control experiment (fencing off → a wrong value) is
 deterministic. Real-time runs of the same scenario are in tests/test_modbus_client.py.
@@ -11,17 +11,15 @@ deterministic. Real-time runs of the same scenario are in tests/test_modbus_clie
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
 from anymodbus.pdu import encode_exception_response, encode_read_input_registers_response
-from trio.testing import MockClock
 
+from _virtual_time import virtual_anyio_backend
 from servomexlib.clients.modbus import ModbusClient, ModbusLine, ModbusStatistics, _FenceMatcher
 from servomexlib.devices.models import ChannelId, ProtocolKind, Reading
 from servomexlib.errors import ServomexError, ServomexTimeoutError
@@ -37,42 +35,7 @@ I3_VALUE = 0.25  # the default CO2 value, exact in float32
 TIMEOUT = 0.25
 
 
-class _JumpingSelector(selectors.DefaultSelector):
-    """A selector that, instead of sleeping, advances its loop's virtual clock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loop: VirtualTimeLoop | None = None
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events = super().select(0)
-        if events or (timeout is not None and timeout <= 0):
-            return events
-        if timeout is None:  # nothing scheduled: only real I/O can wake us
-            return super().select(None)
-        assert self.loop is not None
-        self.loop.virtual_now += timeout
-        return []
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """asyncio on virtual time, like trio's ``MockClock(autojump_threshold=0)``."""
-
-    def __init__(self) -> None:
-        selector = _JumpingSelector()
-        super().__init__(selector)
-        selector.loop = self
-        self.virtual_now = 0.0
-
-    def time(self) -> float:
-        return self.virtual_now
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    if request.param == "trio":
-        return ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return ("asyncio", {"loop_factory": VirtualTimeLoop})
+anyio_backend = virtual_anyio_backend  # trio MockClock / VirtualTimeLoop (tests/_virtual_time.py)
 
 
 def make_sim(**kw: Any) -> Simulator:
@@ -116,26 +79,34 @@ class Sweep:
     delayed: int
 
 
-async def sweep(*, loss: float = 0.0, fence: bool = True, seed: int = 3) -> Sweep:
+async def sweep(
+    *, loss: float = 0.0, fence: bool = True, seed: int = 3, learned: bool = True
+) -> Sweep:
     """One delayed reply per step, delays 1.0x-3x the timeout in 5 ms steps (101 steps);
     each step runs read I1, read I2 and a poll, starting with a different one each step so
-    the delayed reply lands on every kind of request."""
+    the delayed reply lands on every kind of request.
+
+    ``learned``: no per-call timeout, so attempts (and fence attempts) but the last wait the
+    line's learned time — the short waits give up on far more replies that then arrive late.
+    Without it every call passes ``timeout=TIMEOUT``: every attempt waits the whole timeout.
+    """
     sim = make_sim(seed=seed)
     if loss:
         sim.lose_replies(loss)
     client = ModbusClient(sim.transport(), framing=RTU, timeout=TIMEOUT)
     client.line._fence_enabled = fence  # the private knob: the control experiment
+    per_call = None if learned else TIMEOUT
     wrong: list[str] = []
     ok = errors = mismatched = 0
 
     async def read_i1(started: int) -> list[str | None]:
-        return [check_i1(await client.read_channel(I1), started)]
+        return [check_i1(await client.read_channel(I1, timeout=per_call), started)]
 
     async def read_i2(started: int) -> list[str | None]:
-        return [check_i2(await client.read_channel(I2))]
+        return [check_i2(await client.read_channel(I2, timeout=per_call))]
 
     async def poll(started: int) -> list[str | None]:
-        frame = await client.poll()
+        frame = await client.poll(timeout=per_call)
         i3 = frame.channel(I3).value
         return [
             check_i1(frame.channel(I1), started),
@@ -167,25 +138,33 @@ async def sweep(*, loss: float = 0.0, fence: bool = True, seed: int = 3) -> Swee
     return Sweep(ok, errors, mismatched, wrong, client.statistics(), delayed)
 
 
-async def test_delayed_reply_sweep_gives_no_wrong_or_stale_value() -> None:
+@pytest.mark.parametrize("learned", [True, False], ids=["learned-waits", "fixed-waits"])
+async def test_delayed_reply_sweep_gives_no_wrong_or_stale_value(learned: bool) -> None:
     with anyio.fail_after(600):  # virtual seconds (about 130 of them)
-        result = await sweep()
+        result = await sweep(learned=learned)
     assert result.wrong == []
     assert result.mismatched == 0  # fenced, no reply ever meets the wrong request
     assert result.delayed == 101  # every step's delay reached the wire
     assert result.ok >= 290  # of 303 operations; a few may time out (allowed)
     assert result.stats.fences > 50  # the late replies were fenced off
     assert result.stats.stale_bytes > 0
+    if learned:  # the short waits were really used, and gave up on late replies
+        assert result.stats.short_timeouts > 20
+        assert result.stats.wait_boosts > 0
+    else:
+        assert result.stats.short_timeouts == 0
 
 
-async def test_delayed_reply_sweep_with_thirty_percent_loss() -> None:
+@pytest.mark.parametrize("learned", [True, False], ids=["learned-waits", "fixed-waits"])
+async def test_delayed_reply_sweep_with_thirty_percent_loss(learned: bool) -> None:
     with anyio.fail_after(900):
-        result = await sweep(loss=0.3)
+        result = await sweep(loss=0.3, learned=learned)
     assert result.wrong == []
     assert result.mismatched == 0
     assert result.stats.fences > 100
     assert result.errors > 0  # with 30 % loss some operations fail: that is allowed
     assert result.ok > 200
+    assert (result.stats.short_timeouts > 0) is learned
 
 
 async def test_without_the_fence_the_same_sweep_gives_wrong_values() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from helpers import served_on_pty
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ErrorPolicy, Frame, ProtocolKind
@@ -40,8 +41,8 @@ async def served_lines(
         served = []
         for addresses in addresses_per_line:
             line = SimLine(*[_sim(a, mode=mode) for a in addresses])
-            await stack.enter_async_context(line)
-            served.append((await line.serve_pty(), line))
+            _, path = await stack.enter_async_context(served_on_pty(line))
+            served.append((path, line))
         yield served
 
 

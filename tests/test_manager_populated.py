@@ -189,9 +189,10 @@ async def test_failed_identify_fails_the_cycle_and_is_retried(
             assert info is not None
             assert [c.channel for c in info.channels] == populated
             answered = [r.adu for r in mute.requests[mark:] if r.adu[1] != 0x08]
-            # One identify, then one sweep (the three reads of protocol.md §5 at 19200 RTU).
+            # One identify, then one value-only sweep: FC04 (0, 65) covers the value registers
+            # of I1-I3, E1 and E2, then the channel and analyser discretes (19200 RTU).
             sweep = [rtu_adu(3, bytes((2, 0, 0, 0, 80))), rtu_adu(3, bytes((2, 3, 232, 0, 16)))]
-            assert answered == [identify_adu, identify_adu, *sweep]
+            assert answered == [identify_adu, rtu_adu(3, bytes((4, 0, 0, 0, 65))), *sweep]
 
 
 # ---------------------------------------------------------------------------- sync manager

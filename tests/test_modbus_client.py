@@ -46,6 +46,7 @@ ADU = {
     (RTU, 1): {
         "loop": "01 08 00 00 AB CD 5E AE",
         "fc04_70": "01 04 00 00 00 46 71 F8",
+        "fc04_65": "01 04 00 00 00 41 30 3A",  # value-only sweep I1…E2
         "fc02_80": "01 02 00 00 00 50 78 36",
         "fc02_1000": "01 02 03 E8 00 10 F9 B6",
         "fc02_1008": "01 02 03 F0 00 08 79 BB",
@@ -61,6 +62,7 @@ ADU = {
     (ASCII, 1): {
         "loop": ":01080000ABCD7F",
         "fc04_70": ":010400000046B5",
+        "fc04_65": ":010400000041BA",
         "fc02_80": ":010200000050AD",
         "fc02_1000": ":010203E8001002",
         "fc02_1008": ":010203F0000802",
@@ -76,6 +78,7 @@ ADU = {
     (RTU, 30): {
         "loop": "1E 08 00 00 AB CD 5C C1",
         "fc04_70": "1E 04 00 00 00 46 73 97",
+        "fc04_65": "1E 04 00 00 00 41 32 55",
         "fc02_80": "1E 02 00 00 00 50 7A 59",
         "fc02_1000": "1E 02 03 E8 00 10 FB D9",
         "fc02_1008": "1E 02 03 F0 00 08 7B D4",
@@ -91,6 +94,7 @@ ADU = {
     (ASCII, 30): {
         "loop": ":1E080000ABCD62",
         "fc04_70": ":1E040000004698",
+        "fc04_65": ":1E04000000419D",
         "fc02_80": ":1E020000005090",
         "fc02_1000": ":1E0203E80010E5",
         "fc02_1008": ":1E0203F00008E5",
@@ -180,12 +184,14 @@ async def test_poll_identify_read_against_pymodbus(framing: ProtocolKind, addres
                 del server.received[:]
                 frame = await client.poll()
                 assert frame.channels == (I1, I2, I3, D1, E1, E2)
-                assert server.requests() == [  # the broad reads still win at 19200 RTU
-                    adu(framing, address, "fc04_70"),
+                # Names and units cached: the value registers only, I1's value … E2's value
+                # in one read (the broad read still wins at 19200 RTU).
+                assert server.requests() == [
+                    adu(framing, address, "fc04_65"),
                     adu(framing, address, "fc02_80"),
                     adu(framing, address, "fc02_1000"),
                 ]
-                check_frame_values(frame, framing)
+                check_frame_values(frame, framing, value_only=True)
 
                 del server.received[:]
                 reading = await client.read_channel(I1)
@@ -243,7 +249,7 @@ async def test_poll_identify_read_against_pymodbus(framing: ProtocolKind, addres
         assert not is_open(client.transport)
 
 
-def check_frame_values(frame: Frame, framing: ProtocolKind) -> None:
+def check_frame_values(frame: Frame, framing: ProtocolKind, *, value_only: bool = False) -> None:
     assert frame.protocol is framing
     assert frame.requested_at == frame.received_at
     assert frame.latency_s is not None
@@ -254,7 +260,10 @@ def check_frame_values(frame: Frame, framing: ProtocolKind) -> None:
     assert i2.value == pytest.approx(0.084, abs=1e-7)
     assert i3.value == 0.25
     assert i3.name == "CO₂"
-    assert i3.raw == bytes.fromhex("3E800000434F82202020") + b"%\x00\x00\x00"
+    if value_only:  # raw = the 4 value bytes as received
+        assert i3.raw == bytes.fromhex("3E800000")
+    else:
+        assert i3.raw == bytes.fromhex("3E800000434F82202020") + b"%\x00\x00\x00"
     assert (i1.unit, e1.unit) == (Unit.PERCENT, Unit.MILLIAMP)
     assert d1.value == 20.95
     assert d1.name == "Oxygen"
@@ -281,7 +290,7 @@ def check_frame_values(frame: Frame, framing: ProtocolKind) -> None:
     for reading in frame.readings:
         assert reading.received_at == frame.received_at
         assert reading.monotonic_ns == frame.monotonic_ns
-        assert len(reading.raw) == 14
+        assert len(reading.raw) == (4 if value_only else 14)
     if ChannelId.I4 in frame.channels:  # before identify: an empty slot reads as blank
         blank = frame.channel("I4")
         assert blank.value == 0.0
@@ -400,13 +409,15 @@ async def test_learns_gap_free_reads_from_exception_02(framing: ProtocolKind) ->
                 del server.received[:]
                 await client.poll()
                 again = server.requests()
-    reads = [(4, 0, 21), (4, 56, 14), (2, 0, 24), (2, 64, 16), (2, 1000, 16)]
+    # Value-only spans (names cached by identify): I1-I3 and E1-E2 are adjacent slots, so
+    # gap-free reads may pass over their name and unit registers.
+    reads = [(4, 0, 16), (4, 56, 9), (2, 0, 24), (2, 64, 16), (2, 1000, 16)]
     expected = [request_adu(framing, 1, *r) for r in reads]
     assert again == expected  # protocol.md §5, learned and kept
     assert (
         first
         == [
-            request_adu(framing, 1, 4, 0, 70),  # rejected (exception 02)
+            request_adu(framing, 1, 4, 0, 65),  # rejected (exception 02)
             *expected[:2],
             request_adu(framing, 1, 2, 0, 80),  # rejected
             *expected[2:],
@@ -578,20 +589,31 @@ async def test_stale_bytes_are_discarded_before_the_request() -> None:
 
 
 async def test_metadata_cached_until_identify() -> None:
+    """Names and units are cached on a slot's first read; later sweeps read only the value
+    registers, so a renamed slot keeps its cached name until identify() re-reads it."""
     regs = registers()
-    fake = FakeTransport(full_script(regs))
+    fake = FakeTransport(map_script(regs, [False] * 80))
     client = ModbusClient(fake, framing=RTU)
     with anyio.fail_after(10):
         assert (await client.poll()).channel(I1).name == "O2"
+        assert fake.writes[0] == FC04_70  # first sweep: whole blocks, filling the cache
         renamed = list(regs)
         renamed[2:5] = [0x4E32, 0x2020, 0x2020]  # "N2    "
-        fake.add_script(FC04_70, rtu(encode_read_input_registers_response(renamed)))
+        renamed[0:2] = [0x41A8, 0x0000]  # 21.0
+        fake.script.update(map_script(renamed, [False] * 80))
+        del fake.writes[:]
         frame = await client.poll()
+        assert fake.writes[0] == request_adu(RTU, 1, 4, 0, 65)  # value registers only
+        assert frame.channel(I1).value == 21.0
         assert frame.channel(I1).name == "O2"  # cached on first read
-        assert frame.channel(I1).raw[4:10] == b"N2    "  # raw is what was received
+        assert frame.channel(I1).raw == bytes.fromhex("41A80000")  # the value as received
+        reading = await client.read_channel(I1)  # the whole block, names still cached
+        assert reading.raw[4:10] == b"N2    "  # raw is what was received
+        assert reading.name == "O2"
         info = await client.identify()
         assert info.channels[0].name == "N2"
         assert (await client.poll()).channel(I1).name == "N2"
+        assert (await client.read_channel(I1)).name == "N2"
 
 
 async def test_identify_with_no_populated_slot_keeps_all_ten() -> None:
@@ -649,10 +671,11 @@ async def test_identify_lists_only_populated_slots() -> None:
     assert frame.channels == (I1, E1, E2)  # the empty slots are not swept
     assert frame.channel(E2).value == 0.5
     assert frame.channel(E1).name is None
-    # The wire carries exactly the plan for the three populated slots.
-    plan = client.read_planner.plan((I1, E1, E2), include_analyser=True)
+    # The wire carries exactly the value-only plan for the three populated slots.
+    plan = client.read_planner.plan((I1, E1, E2), include_analyser=True, value_only=True)
+    assert plan == client.sweep_plan()
     assert fake.writes == [request_adu(RTU, 1, r.function_code, r.address, r.count) for r in plan]
-    assert plan != client.read_planner.plan((I1, I2, I3, E1, E2), include_analyser=True)
+    assert [(r.address, r.count) for r in plan if r.function_code == 4] == [(0, 65)]
 
 
 async def test_validation_before_any_io() -> None:
@@ -761,7 +784,7 @@ async def test_against_simulator(framing: ProtocolKind, address: int) -> None:
             sim = line.simulator(address)  # type: ignore[attr-defined]
             tail = [r.adu for r in sim.requests][-3:]
             assert tail == [
-                adu(framing, address, "fc04_70"),
+                adu(framing, address, "fc04_65"),
                 adu(framing, address, "fc02_80"),
                 adu(framing, address, "fc02_1000"),
             ]
@@ -783,11 +806,11 @@ async def test_simulator_rejecting_gaps_is_learned_once() -> None:
             adus = [r.adu for r in sim.requests][before:]
     finally:
         await client.aclose()
-    reads = [(4, 0, 21), (4, 56, 14), (2, 0, 24), (2, 64, 16), (2, 1000, 16)]
+    reads = [(4, 0, 16), (4, 56, 9), (2, 0, 24), (2, 64, 16), (2, 1000, 16)]
     learned = [request_adu(RTU, 1, *r) for r in reads]
     assert adus[-5:] == learned  # the second poll goes straight to gap-free reads
     assert adus[:-5] == [
-        request_adu(RTU, 1, 4, 0, 70),
+        request_adu(RTU, 1, 4, 0, 65),
         *learned[:2],
         request_adu(RTU, 1, 2, 0, 80),
         *learned[2:],

@@ -385,3 +385,175 @@ def test_discretes_always_one_read() -> None:
                     r for r in planner.plan(combo, include_analyser=False) if r.function_code == 2
                 ]
                 assert len(reads) == 1
+
+
+# --- value-only spans (issue 12 item 1) --------------------------------------------------
+
+
+def _span(channel: ChannelId, value_only: bool) -> tuple[int, int]:
+    spec = spec_for(channel)
+    return spec.value_register, spec.value_register + (2 if value_only else 7)
+
+
+def _brute_force_spans(
+    model: WireModel, spans: list[tuple[int, int]], limit: int, *, gap_free: bool = False
+) -> float:
+    """Cheapest cost over every partition of the sorted FC04 spans into consecutive reads;
+    ``gap_free``: a read may only join spans of adjacent slots (stride 7)."""
+    spans = sorted(spans)
+    n = len(spans)
+    best = math.inf
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        total, start, ok = 0.0, 0, True
+        for i in range(n):
+            if i < n - 1 and not cuts[i]:
+                if gap_free and spans[i + 1][0] - spans[i][0] != 7:
+                    ok = False
+                    break
+                continue
+            count = spans[i][1] - spans[start][0]
+            if count > limit:
+                ok = False
+                break
+            total += model.transaction_cost(FC04, count)
+            start = i + 1
+        if ok:
+            best = min(best, total)
+    return best
+
+
+def test_value_only_sweep_drops_the_2400_baud_poll_from_134_to_114_bytes() -> None:
+    """The issue's figure: I1 I2 I3 E1 E2 at 2400 baud RTU, whole blocks vs value registers."""
+    model = WireModel(baudrate=2400, framing=RTU)
+    planner = ReadPlanner(model)
+
+    def chars(reads: tuple[PlannedRead, ...]) -> int:
+        return sum(
+            model.request_chars() + model.response_chars(r.function_code, r.count) for r in reads
+        )
+
+    full = planner.plan(FIVE)
+    values = planner.plan(FIVE, value_only=True)
+    assert spans(fc04(full)) == SPLIT5
+    assert spans(fc04(values)) == ((0, 16), (56, 9))
+    assert (chars(full), chars(values)) == (134, 114)
+    assert planner.cost(values) < planner.cost(full)
+    assert all(r.value_only == frozenset(r.channels) for r in fc04(values))
+    assert all(r.value_only == frozenset() for r in values if r.function_code == FC02)
+
+
+@pytest.mark.parametrize(("framing", "baud"), [(RTU, 19200), (RTU, 9600), (ASCII, 19200)])
+def test_value_only_broad_read_at_higher_rates(framing: ProtocolKind, baud: int) -> None:
+    planner = ReadPlanner(WireModel(baudrate=baud, framing=framing))
+    reads = planner.plan(FIVE, value_only=True)
+    assert [(r.function_code, r.address, r.count) for r in reads] == [
+        (FC04, 0, 65),
+        (FC02, 0, 80),
+        (FC02, 1000, 16),
+    ]
+    assert reads[0].bridges_gap  # over I4-D4, slots nobody asked for
+
+
+def test_value_only_keeps_the_old_signature_and_mixes_spans() -> None:
+    planner = ReadPlanner(WireModel(baudrate=2400))
+    assert planner.plan(FIVE) == planner.plan(FIVE, value_only=False)
+    assert planner.plan(FIVE, value_only=True) == planner.plan(FIVE, value_only=list(FIVE))
+    assert planner.plan(FIVE, value_only=["I1", "E2", "D4"]) == planner.plan(
+        FIVE, value_only=[I1, E2]
+    )  # strings accepted; channels not requested ignored
+    mixed = fc04(planner.plan(FIVE, value_only=[I1, I2]))
+    # I3 is read whole (first read of it), I1 and I2 as values: (0, 21) covers them all.
+    assert spans(mixed) == ((0, 21), (56, 14))
+    assert mixed[0].value_only == {I1, I2}
+    assert [mixed[0].items_of(c) for c in mixed[0].channels] == [2, 2, 7]
+    assert not mixed[0].bridges_gap
+    with pytest.raises(ServomexValidationError):
+        planner.plan(FIVE, value_only=["X9"])
+
+
+def test_value_only_gap_means_an_unrequested_slot() -> None:
+    """Passing over a requested slot's name and unit is no gap; passing over a slot that was
+    not asked for is, so GAP_FREE keeps its meaning with value-only spans."""
+    planner = ReadPlanner(WireModel(baudrate=19200))
+    (broad,) = fc04(planner.plan(FIVE, value_only=True))
+    assert planner.learn_rejection(broad)
+    assert planner.policy(FC04) is SpanPolicy.GAP_FREE
+    reads = fc04(planner.plan(FIVE, value_only=True))
+    assert spans(reads) == ((0, 16), (56, 9))
+    assert not any(r.bridges_gap for r in reads)
+    assert planner.learn_rejection(reads[0])  # a gap-free multi-slot read refused
+    assert planner.policy(FC04) is SpanPolicy.PER_BLOCK
+    reads = fc04(planner.plan(FIVE, value_only=True))
+    assert spans(reads) == ((0, 2), (7, 2), (14, 2), (56, 2), (63, 2))
+    assert planner.learn_rejection(reads[0])
+    assert planner.unreadable == {I1}
+
+
+def test_model_can_follow_the_line_silence() -> None:
+    planner = ReadPlanner(WireModel(baudrate=2400))
+    planner.learn_rejection(fc04(planner.plan(FIVE))[0])
+    model = planner.model.with_silence(0.09)
+    assert planner.model.with_silence(0.05) is planner.model
+    before = planner.cost(planner.plan(FIVE))
+    planner.model = model
+    assert planner.model.silence_s == 0.09
+    assert planner.policy(FC04) is SpanPolicy.PER_BLOCK  # what was learned is kept
+    reads = planner.plan(FIVE)
+    assert len(reads) == 7  # five FC04 blocks, FC02 (0, 80), FC02 (1000, 16)
+    assert planner.cost(reads) == pytest.approx(before + 0.04 * 7)  # 40 ms more silence each
+    with pytest.raises(ServomexValidationError):
+        planner.model = "19200"  # type: ignore[assignment]
+
+
+values_only = st.one_of(
+    st.booleans(), st.lists(st.sampled_from(list(ChannelId)), max_size=10, unique=True)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=models,
+    channels=subsets,
+    value_only=values_only,
+    max_registers=st.integers(7, 125),
+)
+def test_value_only_plan_properties(
+    model: WireModel,
+    channels: list[ChannelId],
+    value_only: bool | list[ChannelId],
+    max_registers: int,
+) -> None:
+    planner = ReadPlanner(model, max_registers=max_registers)
+    reads = fc04(planner.plan(channels, value_only=value_only))
+    values = set(channels) if value_only is True else set(value_only or ()) & set(channels)
+    covered = [c for r in reads for c in r.channels]
+    assert sorted(covered) == sorted(channels)  # each requested channel exactly once
+    for a, b in itertools.pairwise(reads):
+        assert a.end <= b.address
+    for r in reads:
+        assert r.value_only == values & set(r.channels)
+        assert 0 < r.count <= max_registers
+        first, last = r.channels[0], r.channels[-1]
+        # Spans exactly from the first span's start to the last span's end.
+        assert (r.address, r.end) == (
+            _span(first, first in values)[0],
+            _span(last, last in values)[1],
+        )
+        assert r.cost_s == pytest.approx(model.transaction_cost(FC04, r.count))
+        for c in r.channels:  # every requested register is inside the read
+            lo, hi = _span(c, c in values)
+            assert r.address <= lo
+            assert hi <= r.end
+            assert r.items_of(c) == hi - lo
+    expected = _brute_force_spans(model, [_span(c, c in values) for c in channels], max_registers)
+    assert planner.cost(reads) == pytest.approx(expected)
+    # Gap-free: still optimal among the partitions that never touch an unrequested slot.
+    gap_free = ReadPlanner(model, max_registers=max_registers)
+    gap_free.learn_rejection(PlannedRead(FC04, 0, 70, (I1, E1), 0.0))
+    assert gap_free.policy(FC04) is SpanPolicy.GAP_FREE
+    reads = fc04(gap_free.plan(channels, value_only=value_only))
+    assert not any(r.bridges_gap for r in reads)
+    expected = _brute_force_spans(
+        model, [_span(c, c in values) for c in channels], max_registers, gap_free=True
+    )
+    assert gap_free.cost(reads) == pytest.approx(expected)

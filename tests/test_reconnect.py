@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from helpers import served_on_pty
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ProtocolKind, Sample
@@ -179,8 +180,8 @@ def check_outage_absorbed(
 
 async def test_modbus_recording_survives_a_vanished_pty() -> None:
     rate_hz, duration = 2.0, 8.0
-    async with Simulator(mode=ProtocolKind.MODBUS_RTU, address=30) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=ProtocolKind.MODBUS_RTU, address=30)
+    async with served_on_pty(sim) as (_, path):
         with anyio.fail_after(19):
             batches, summary, reopener, (gone, back) = await record_through_an_outage(
                 sim,
@@ -208,8 +209,8 @@ async def test_modbus_recording_survives_a_vanished_pty() -> None:
 
 async def test_continuous_recording_survives_a_vanished_pty() -> None:
     rate_hz, duration = 4.0, 7.0
-    async with Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=0.25) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=0.25)
+    async with served_on_pty(sim) as (_, path):
         with anyio.fail_after(19):
             batches, summary, reopener, (gone, back) = await record_through_an_outage(
                 sim,
@@ -236,8 +237,8 @@ async def test_each_frame_recording_survives_a_vanished_pty() -> None:
     the recording reconnects once and subscribes to the reopened port; every frame it hands over
     is a distinct broadcast frame, before or after the outage."""
     period = 0.25
-    async with Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=period) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=period)
+    async with served_on_pty(sim) as (_, path):
         with anyio.fail_after(19):
             batches, summary, reopener, (gone, back) = await record_through_an_outage(
                 sim,
@@ -362,8 +363,8 @@ async def test_a_five_second_outage_is_one_disconnect_and_five_seconds() -> None
 
 @pytest.mark.parametrize("mode", [ProtocolKind.MODBUS_RTU, ProtocolKind.CONTINUOUS_ASCII])
 async def test_vanished_port_is_a_connection_error_not_a_timeout(mode: ProtocolKind) -> None:
-    async with Simulator(mode=mode, frame_period=0.2) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=mode, frame_period=0.2)
+    async with served_on_pty(sim) as (_, path):
         with anyio.fail_after(10):
             async with await open_device(path, protocol=mode, frame_period=0.2) as anz:
                 await anz.poll()
@@ -379,8 +380,8 @@ async def test_vanished_port_is_a_connection_error_not_a_timeout(mode: ProtocolK
 
 async def test_port_lost_while_waiting_for_a_reply() -> None:
     """The reply never comes because the adapter is gone: ConnectionError, not a timeout."""
-    async with Simulator(mode=ProtocolKind.MODBUS_RTU) as sim:
-        path = await sim.serve_pty()
+    sim = Simulator(mode=ProtocolKind.MODBUS_RTU)
+    async with served_on_pty(sim) as (_, path):
         with anyio.fail_after(10):
             anz = await open_device(path, protocol="modbus_rtu", timeout=3.0, identify=False)
             try:

@@ -100,6 +100,43 @@ def test_silence_rule_probabilities() -> None:
     assert silence_drop_probability(0.049) == 0.08
     assert silence_drop_probability(0.050) == 0.0
     assert silence_drop_probability(5.0) == 0.0
+    # The harsh rule: certain loss below the threshold, none at or above it.
+    assert silence_drop_probability(0.0799, 0.08) == 1.0
+    assert silence_drop_probability(0.05, 0.08) == 1.0
+    assert silence_drop_probability(0.08, 0.08) == 0.0
+    assert silence_drop_probability(0.0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.01, float("nan"), float("inf"), True, "80"])
+def test_harsh_silence_rule_validates(bad: object) -> None:
+    with pytest.raises(ServomexValidationError, match="silence_drop_until_s"):
+        Simulator(silence_drop_until_s=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_harsh_silence_rule_drops_every_request_after_a_short_silence() -> None:
+    """Each request's fate follows from the silence the line itself measured before it (the
+    simulator decides while ``send`` runs), so a late wake-up on a busy machine cannot make
+    the test wrong, only change which requests are lost."""
+    sim = Simulator(silence_drop_until_s=0.08, latency_s=0.0, seed=2)
+    stream = sim.open_stream()
+    seen = []
+    with anyio.fail_after(10):
+        for pause in (0.1, 0.03, 0.09, 0.06, 0.12):
+            # Real sleeps (under 0.5 s in all): the silence the rule judges is the line's time.
+            await anyio.sleep(pause)
+            await stream.send(LOOPBACK)
+            request = sim.requests[-1]
+            seen.append((sim.line._gap_before(request.time), request.outcome))
+            if request.outcome is RequestOutcome.ANSWERED:
+                buf = b""
+                while len(buf) < len(LOOPBACK):
+                    buf += await stream.receive()
+    for gap, outcome in seen:
+        expected = RequestOutcome.SILENCE_DROPPED if gap < 0.08 else RequestOutcome.ANSWERED
+        assert outcome is expected, (gap, outcome)
+    assert {o for _, o in seen} == {RequestOutcome.ANSWERED, RequestOutcome.SILENCE_DROPPED}
+    await stream.aclose()
 
 
 async def master(

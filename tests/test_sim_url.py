@@ -147,6 +147,9 @@ def test_every_preset_applies(preset: str) -> None:
         "sim://?latency_ms=30-15",
         "sim://?latency_ms=1-2-3",
         "sim://?drop=maybe",
+        "sim://?drop_until_ms=-1",
+        "sim://?drop_until_ms=soon",
+        "sim://?drop_until_ms=inf",
         "sim://?realtime=2",
         "sim://?seed=1.5",
         "sim://?scenario=nope",
@@ -192,3 +195,22 @@ async def test_resolve_transport_opens_sim_urls() -> None:
         await transport.write(b":1E080000ABCD62\r\n", timeout=1.0)
         assert await transport.read_until(b"\r\n", timeout=1.0) == b":1E080000ABCD62\r\n"
     await transport.aclose()
+
+
+@pytest.mark.anyio
+async def test_drop_until_ms_is_the_harsh_silence_rule() -> None:
+    _, spec = parse_sim_url("sim://?drop_until_ms=80")
+    assert spec.drop_until_s == 0.08
+    assert parse_sim_url("sim://")[1].drop_until_s is None
+    conn = connect_url("sim://?drop_until_ms=80&latency_ms=5")
+    (sim,) = conn.line.simulators
+    assert sim.silence_drop_until_s == 0.08
+    with anyio.fail_after(5):
+        await anyio.sleep(0.1)  # real time: the line must have been quiet for 80 ms
+        assert await ask(conn.stream, LOOPBACK, 8) == LOOPBACK
+        await conn.stream.send(LOOPBACK)  # right after the echo: lost
+    assert [r.outcome for r in sim.requests] == [
+        RequestOutcome.ANSWERED,
+        RequestOutcome.SILENCE_DROPPED,
+    ]
+    await conn.stream.aclose()

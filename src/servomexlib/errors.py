@@ -10,6 +10,11 @@ appends the non-empty parts in a fixed order so that a log line says everything 
 
     no response from slave [protocol=modbus_rtu, port=/dev/ttyUSB0, address=30, register=0,
     fc=0x04, elapsed_s=3.152]
+
+Task groups report a failure as an exception group even when one task failed.
+:func:`unwrap_group` is the one place that peels single-member groups back to the error itself
+(record(), the sync portal and the CLI all use it); groups of several errors are real news and
+stay as they are.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "ServomexTransportError",
     "ServomexUnsupportedCommandError",
     "ServomexValidationError",
+    "unwrap_group",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -246,3 +252,16 @@ class ServomexSinkSchemaError(ServomexSinkError):
 
 class ServomexSinkWriteError(ServomexSinkError):
     """Writing a batch failed; the batch was rolled back where the format allows it."""
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """The error inside ``exc`` once single-member exception groups are peeled off.
+
+    Peels repeatedly (a group holding a group holding one error gives that error). A bare
+    error is returned as is; at the first level holding several members, that group is
+    returned unchanged. The error returned is the very object that was raised, so its
+    traceback, ``__cause__`` and ``__context__`` are intact.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

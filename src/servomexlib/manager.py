@@ -32,6 +32,16 @@ ten slots: that is what reported empty slots as readings. A pre-built Analyzer a
 
 Closing (``remove``, ``close``) is shielded from cancellation, so a cancelled owner still
 releases every port the manager opened.
+
+Device failures and bugs
+------------------------
+A per-device failure is a :class:`~servomexlib.errors.ServomexError` (a timeout, a lost port,
+an exception reply …): it becomes that analyser's failed ``DeviceResult`` (``poll``,
+``execute_each``) or a WARNING and a skipped analyser (``poll_samples``), and the other
+analysers carry on. Anything else — a ``TypeError`` in a user's ``execute_each`` operation, a
+bug in the library — is not a device failure and is never folded into a result: it propagates
+out of the call with its own traceback (the other port groups are cancelled; a lone failure is
+raised bare, several as an exception group).
 """
 
 from __future__ import annotations
@@ -51,7 +61,9 @@ from .devices.models import ErrorPolicy, Frame, ProtocolKind, Sample
 from .errors import (
     ErrorContext,
     ServomexConnectionError,
+    ServomexError,
     ServomexValidationError,
+    unwrap_group,
 )
 from .settings import SerialSettings
 from .transport.ports import resolve_transport
@@ -378,7 +390,11 @@ class ServomexManager:
     async def _run[T](
         self, members: list[_Member], op: Callable[[Analyzer], Awaitable[T]]
     ) -> dict[str, DeviceResult[T]]:
-        """Run ``op`` on every member: one task per port group, members of a group in turn."""
+        """Run ``op`` on every member: one task per port group, members of a group in turn.
+
+        A ServomexError is that member's failed result; any other exception propagates
+        (unwrapped from the task group when it is the only one), cancelling the other groups.
+        """
         groups: dict[str, list[_Member]] = {}
         for member in members:
             groups.setdefault(member.port.key, []).append(member)
@@ -389,14 +405,23 @@ class ServomexManager:
                 for member in group:
                     try:
                         value = await op(member.analyzer)
-                    except Exception as exc:
+                    except ServomexError as exc:
                         results[member.name] = DeviceResult.failure(exc)
                     else:
                         results[member.name] = DeviceResult.success(value)
 
-        async with anyio.create_task_group() as tg:
-            for group in groups.values():
-                tg.start_soon(run_group, group)
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                for group in groups.values():
+                    tg.start_soon(run_group, group)
+        except BaseExceptionGroup as group:
+            failure = unwrap_group(group)
+            if failure is group:
+                raise
+        if failure is not None:
+            # Raised outside the except block so the bare error keeps its own cause chain.
+            raise failure
         return {m.name: results[m.name] for m in members}
 
     async def poll(
@@ -421,8 +446,9 @@ class ServomexManager:
         """Samples of one sweep of every analyser; failing analysers are skipped with a warning.
 
         Only populated slots appear (managed analysers are identified before their first sweep;
-        one whose identify fails is skipped for this cycle). Never raises for device errors, so
-        a manager is a robust ``PollSource`` for record().
+        one whose identify fails is skipped for this cycle). Never raises for device errors
+        (ServomexError), so a manager is a robust ``PollSource`` for record(); anything else
+        propagates.
         """
         results = await self.poll(names, timeout=timeout)
         samples: list[Sample] = []
@@ -437,6 +463,9 @@ class ServomexManager:
         self, op: Callable[[Analyzer], Awaitable[T]], names: Sequence[str] | None = None
     ) -> dict[str, DeviceResult[T]]:
         """Run ``op(analyzer)`` on every (or the named) analysers.
+
+        A ServomexError raised by ``op`` is that analyser's failure; any other exception
+        (a bug in ``op``) is not caught: it propagates bare and cancels the rest.
 
         Returns:
             name → DeviceResult under ``ErrorPolicy.RETURN``.

@@ -268,15 +268,14 @@ def max_rate_text(cost_s: float) -> str:
     return f"{math.floor(rate * scale + 1e-9) / scale:.{digits}f}"
 
 
-def check_sweep_rate(rate_hz: float, planner: ReadPlanner, channels: Sequence[ChannelId]) -> None:
-    """Refuse a rate whose sweep (the planner's reads over ``channels``, the analyser status
+def check_sweep_rate(rate_hz: float, planner: ReadPlanner, reads: Sequence[PlannedRead]) -> None:
+    """Refuse a rate whose sweep (``reads``, as ``planner`` costs them, the analyser status
     included) costs more wire time than one period.
 
     Raises:
         ServomexValidationError: ``cost > 1/rate_hz``; the message gives the framing, baud
             rate, transactions, cost and the highest ``--rate`` that fits.
     """
-    reads: tuple[PlannedRead, ...] = planner.plan(channels)
     cost = planner.cost(reads)
     if cost * rate_hz <= 1.0:
         return
@@ -290,22 +289,23 @@ def check_sweep_rate(rate_hz: float, planner: ReadPlanner, channels: Sequence[Ch
 
 def _check_rate_before_io(args: argparse.Namespace, rate_hz: float) -> None:
     """With a Modbus ``--protocol`` the sweep is known before the port is touched: all ten
-    slots (the populated ones are not known yet) at ``--baud``."""
+    slots, whole blocks (the populated ones are not known yet, nor their names) at ``--baud``."""
     if args.fixture or args.protocol not in {p.value for p in _MODBUS}:
         return
     settings = SerialSettings(port=args.port or "", baudrate=args.baud or 19200)
     planner = ReadPlanner(WireModel.from_settings(settings, args.protocol))
-    check_sweep_rate(rate_hz, planner, tuple(ChannelId))
+    check_sweep_rate(rate_hz, planner, planner.plan(tuple(ChannelId)))
 
 
 def _check_rate_of(anz: Analyzer, rate_hz: float) -> None:
-    """The same check on an open Modbus analyser: its own planner (the line's real rate) over
-    the slots its sweeps cover (those identify found populated)."""
-    planner = anz.read_planner
-    if not isinstance(planner, ReadPlanner):
-        return
-    channels = getattr(anz.client, "sweep_channels", None) or tuple(ChannelId)
-    check_sweep_rate(rate_hz, planner, tuple(channels))
+    """The same check on an open Modbus analyser: the reads its next sweep makes (value-only
+    spans of the slots identify found populated), costed by its own planner with the line's
+    current silence."""
+    from ..clients.modbus import ModbusClient  # lazily: only Modbus captures need anymodbus
+
+    client = anz.client
+    if isinstance(client, ModbusClient):
+        check_sweep_rate(rate_hz, client.read_planner, client.sweep_plan())
 
 
 # ------------------------------------------------------------------------------ running

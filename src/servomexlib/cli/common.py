@@ -52,6 +52,7 @@ from ..errors import (
     ServomexConnectionError,
     ServomexError,
     ServomexValidationError,
+    unwrap_group,
 )
 from ..settings import SerialSettings
 from ..sinks.schema import sample_to_row
@@ -464,10 +465,8 @@ def run_async(
 def connection_lost(exc: BaseException) -> ServomexConnectionError | None:
     """The ServomexConnectionError in ``exc`` (bare, or the only leaf of nested exception
     groups), or None."""
-    leaves = list(_leaves(exc))
-    if len(leaves) == 1 and isinstance(leaves[0], ServomexConnectionError):
-        return leaves[0]
-    return None
+    leaf = unwrap_group(exc)
+    return leaf if isinstance(leaf, ServomexConnectionError) else None
 
 
 # ------------------------------------------------------------------------------ opening

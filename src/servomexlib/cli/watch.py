@@ -38,7 +38,7 @@ import anyio
 
 from ..devices.analyzer import Analyzer
 from ..devices.models import ChannelId, Frame, ProtocolKind, Reading
-from ..errors import ServomexTimeoutError, ServomexTransportError
+from ..errors import ServomexTimeoutError, ServomexTransportError, unwrap_group
 from ..streaming import recorder
 from .common import (
     add_device_options,
@@ -276,9 +276,7 @@ def _link_lost(exc: BaseException) -> ServomexTransportError | None:
     lost = connection_lost(exc)
     if lost is not None:
         return lost
-    leaf: BaseException = exc
-    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-        leaf = leaf.exceptions[0]
+    leaf = unwrap_group(exc)
     return leaf if isinstance(leaf, ServomexTimeoutError) else None
 
 

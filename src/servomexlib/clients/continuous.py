@@ -7,7 +7,7 @@ measured unit) and accepts no commands (protocol.md §2, §3). So nothing is eve
 a single receiver task, started in the Analyzer's task group, owns the transport's read side.
 
 * It reads chunks with a 30 s timeout and simply reads again on timeout (a slow broadcast is
-  not an error); end of stream or a closed port stops it quietly (protocol.md §9.2).
+  not an error); end of stream or a closed or broken port stops it quietly (protocol.md §9.2).
 * Chunks go through the pure, bounded :class:`~servomexlib.wire.continuous.FrameSplitter`
   (CR LF, LF or CR), each segment through :func:`~servomexlib.wire.continuous.parse_frame`,
   stamped with the UTC wall clock and ``time.monotonic_ns()`` of the chunk that completed it.
@@ -23,11 +23,35 @@ a single receiver task, started in the Analyzer's task group, owns the transport
   earlier than the previous read.
 * A good frame becomes the latest-frame cache, wakes everyone waiting for the next frame and is
   fanned out, one :class:`~servomexlib.devices.models.Sample` per reading, to every subscriber's
-  unbounded queue, and as the :class:`~servomexlib.devices.models.Frame` itself to every frame
+  queue, and as the :class:`~servomexlib.devices.models.Frame` itself to every frame
   subscriber (:meth:`ContinuousClient.subscribe_frames`, what ``record(each_frame=True)``
   follows). A bad segment (parse or checksum failure) or a splitter overflow increments
   ``dropped_frames`` and is delivered to current subscribers as an error Sample (a
   :class:`FrameRejection` to frame subscribers); the loop keeps running whatever arrives.
+
+Bounded subscriber queues
+-------------------------
+The receiver never waits for a subscriber (one task serves the cache, every waiter and every
+subscriber), and a subscriber that stops reading must not make the process grow without end.
+Each subscription is therefore a :class:`~servomexlib.clients.queue.LatestQueue`: at most
+:data:`SUBSCRIBER_QUEUE_SAMPLES` samples (100 000: about 11 hours of a 5-channel broadcast
+every 2 s, some 30 MB) per sample subscriber, at most :data:`FRAME_QUEUE_FRAMES` items
+(20 000 frames: the same 11 hours) per frame subscriber. When a queue is full the **oldest**
+item is dropped to make room for the new one — the newest data is kept — and counted: per
+subscription (:meth:`ContinuousClient.subscriber_dropped`, which ``record(each_frame=True)``
+adds to ``summary.samples_late``) and in total in ``statistics().subscriber_overflows``. Each
+overflow episode logs one WARNING under ``servomexlib.continuous``.
+
+A bug is not a lost line
+------------------------
+Only the transport's own ends — end of stream, a closed or broken port: a
+``ServomexConnectionError`` from ``receive`` (or anyio's ``EndOfStream`` /
+``ClosedResourceError`` / ``BrokenResourceError`` from a user's transport) — stop the receiver
+as a connection loss. Any other exception is a bug: the receiver stops (waiters wake, every
+subscription ends) with a ``ServomexConnectionError("… has stopped: internal error …")`` as its
+:attr:`~ContinuousClient.stop_reason`, whose ``__cause__`` is the bug, and then re-raises the
+bug itself, with its traceback, into the Analyzer's task group, so it surfaces from
+``async with`` instead of being logged and forgotten.
 
 Old bytes are not news
 ----------------------
@@ -68,7 +92,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..devices.models import (
     CONTINUOUS_CAPABILITIES,
@@ -101,11 +125,14 @@ from ..wire.continuous import (
     frame_length,
     parse_frame,
 )
+from .queue import LatestQueue
 
 __all__ = [
     "CHUNK_TIMEOUT_S",
     "CONTINUOUS_CAPABILITIES",
     "DEFAULT_FRAME_PERIOD_S",
+    "FRAME_QUEUE_FRAMES",
+    "SUBSCRIBER_QUEUE_SAMPLES",
     "ContinuousClient",
     "ContinuousStatistics",
     "FrameItem",
@@ -128,6 +155,12 @@ _ONE_US = timedelta(microseconds=1)
 BACKLOG_SLACK_CHARS = 16
 #: Broadcast period assumed when the caller gives none (the measured unit's ~2 s).
 DEFAULT_FRAME_PERIOD_S = 2.0
+#: Most samples one ``subscribe()`` queue holds; past it the oldest are dropped and counted.
+SUBSCRIBER_QUEUE_SAMPLES = 100_000
+#: Most frames (or rejected lines) one ``subscribe_frames()`` queue holds; likewise.
+FRAME_QUEUE_FRAMES = 20_000
+#: What the receiver treats as the end of the line when a user's transport raises it bare.
+_LINK_ENDS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)
 MODEL = "4000-series"
 
 
@@ -152,6 +185,7 @@ class ContinuousStatistics:
     running: bool
     stale_lines: int = 0  # lines discarded as waiting before the receiver started
     flushed_bytes: int = 0  # bytes the transport discarded when the receiver started
+    subscriber_overflows: int = 0  # samples and frames dropped from full subscriber queues
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,13 +219,13 @@ type FrameItem = Frame | FrameRejection
 
 @dataclasses.dataclass(slots=True, eq=False)
 class _Subscriber:
-    send: MemoryObjectSendStream[Sample]
+    queue: LatestQueue[Sample]
     device: str
 
 
 @dataclasses.dataclass(slots=True, eq=False)
 class _FrameSubscriber:
-    send: MemoryObjectSendStream[FrameItem]
+    queue: LatestQueue[FrameItem]
 
 
 class ContinuousClient:
@@ -202,6 +236,13 @@ class ContinuousClient:
         timeout: the open-time timeout, base of the first-frame wait.
         frame_period: expected broadcast period in seconds (None → 2.0).
         max_segment: the splitter's bound on one line.
+        sample_queue: most samples one ``subscribe()`` queue holds, oldest dropped past it
+            (None → :data:`SUBSCRIBER_QUEUE_SAMPLES`).
+        frame_queue: most items one ``subscribe_frames()`` queue holds, likewise
+            (None → :data:`FRAME_QUEUE_FRAMES`).
+
+    Raises:
+        ValueError: a queue bound that is not an integer >= 1.
     """
 
     protocol: ProtocolKind = ProtocolKind.CONTINUOUS_ASCII
@@ -215,7 +256,15 @@ class ContinuousClient:
         timeout: float = 1.0,
         frame_period: float | None = None,
         max_segment: int = MAX_SEGMENT,
+        sample_queue: int | None = None,
+        frame_queue: int | None = None,
     ) -> None:
+        # None: the module constants, read now (so a test or an application can change them).
+        sample_queue = SUBSCRIBER_QUEUE_SAMPLES if sample_queue is None else sample_queue
+        frame_queue = FRAME_QUEUE_FRAMES if frame_queue is None else frame_queue
+        for name, bound in (("sample_queue", sample_queue), ("frame_queue", frame_queue)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {bound!r}")
         self.transport = transport
         self.timeout = timeout
         self.frame_period = frame_period
@@ -227,6 +276,9 @@ class ContinuousClient:
         self._overflows_seen = 0
         self._subscribers: list[_Subscriber] = []
         self._frame_subscribers: list[_FrameSubscriber] = []
+        self._sample_queue = sample_queue
+        self._frame_queue = frame_queue
+        self._overflowed = 0  # items dropped from full subscriber queues, all subscriptions
         self._char_time = _line_char_time(transport)
         self._char_time_check = self._char_time  # None: no line-rate check (see _begin)
         self._last_read_ns = 0
@@ -249,6 +301,7 @@ class ContinuousClient:
         self._stopped = False
         self._closed = False
         self._stop_reason: ServomexError | None = None
+        self._crash: Exception | None = None  # the bug that stopped the receiver, if one did
 
     # ------------------------------------------------------------------ state
 
@@ -287,6 +340,7 @@ class ContinuousClient:
             running=self._running,
             stale_lines=self._stale_lines,
             flushed_bytes=self._flushed,
+            subscriber_overflows=self._overflowed,
         )
 
     def __repr__(self) -> str:
@@ -299,7 +353,7 @@ class ContinuousClient:
 
     @property
     def stop_reason(self) -> ServomexError | None:
-        """Why the receiver stopped (end of stream, lost port), or None."""
+        """Why the receiver stopped (end of stream, lost port, a bug as its cause), or None."""
         return self._stop_reason
 
     def _ctx(self, **kw: object) -> ErrorContext:
@@ -338,18 +392,33 @@ class ContinuousClient:
                 await self._begin()
             except BaseException as exc:
                 # Raised from start() (a port that cannot even be flushed is unusable).
-                self._finish(exc if isinstance(exc, ServomexError) else None)
+                if isinstance(exc, ServomexError):
+                    self._finish(exc)
+                else:
+                    self._finish(self._crashed(exc) if isinstance(exc, Exception) else None)
                 raise
             task_status.started()
             try:
                 reason = await self._receive_loop()
-            except Exception as exc:  # a bug must not kill the Analyzer's task group
-                _log.exception("continuous receiver on %s crashed", self.label)
-                reason = ServomexConnectionError(
-                    f"continuous receiver on {self.label} failed: {exc!r}", context=self._ctx()
-                )
+            except Exception as exc:
+                # A bug, not a lost line (module docstring): stop like a lost line for waiters
+                # and subscribers, with the bug as the cause, then let the bug itself propagate
+                # into the Analyzer's task group.
+                reason = self._crashed(exc)
+                raise
             finally:
                 self._finish(reason)
+
+    def _crashed(self, bug: Exception) -> ServomexConnectionError:
+        """The stop reason for a receiver killed by ``bug`` (chained as its ``__cause__``)."""
+        _log.debug("continuous receiver on %s stopped by %r", self.label, bug)
+        self._crash = bug
+        reason = ServomexConnectionError(
+            f"continuous receiver on {self.label} stopped: internal error {bug!r}",
+            context=self._ctx(),
+        )
+        reason.__cause__ = bug
+        return reason
 
     async def _begin(self) -> None:
         """Start without a backlog: parked bytes, the OS queue, the line-rate origin."""
@@ -387,10 +456,11 @@ class ContinuousClient:
             with anyio.move_on_after(CHUNK_TIMEOUT_S):
                 try:
                     chunk = await self.transport.receive(RECEIVE_BYTES)
-                except ServomexConnectionError as exc:
-                    _log.debug("continuous stream on %s ended: %s", self.label, exc)
+                except (ServomexConnectionError, *_LINK_ENDS) as exc:
+                    end = self._link_end(exc)
+                    _log.debug("continuous stream on %s ended: %s", self.label, end)
                     self._process(b"", final=True, loop_time=anyio.current_time())
-                    return exc
+                    return end
             if chunk:
                 now = anyio.current_time()
                 self._process(chunk, final=False, loop_time=now)
@@ -399,6 +469,17 @@ class ContinuousClient:
                 rest = self._rest_of_frame_s()
                 if rest > 0.0:
                     await anyio.sleep(rest)
+
+    def _link_end(self, exc: BaseException) -> ServomexConnectionError:
+        """The ServomexConnectionError for a transport end (anyio's own ones translated)."""
+        if isinstance(exc, ServomexConnectionError):
+            return exc
+        what = "end of stream" if isinstance(exc, anyio.EndOfStream) else type(exc).__name__
+        end = ServomexConnectionError(
+            f"continuous stream on {self.label} ended: {what}", context=self._ctx()
+        )
+        end.__cause__ = exc
+        return end
 
     def _reading_ahead(self, now: float) -> bool:
         """More bytes read since the start than the line could carry: a backlog is waiting."""
@@ -436,10 +517,10 @@ class ContinuousClient:
         if self._next_frame is not None:
             self._next_frame.set()
         for sub in self._subscribers:
-            sub.send.close()
+            sub.queue.close()
         self._subscribers.clear()
         for frame_sub in self._frame_subscribers:
-            frame_sub.send.close()
+            frame_sub.queue.close()
         self._frame_subscribers.clear()
 
     # ------------------------------------------------------------------ processing
@@ -594,14 +675,14 @@ class ContinuousClient:
     def _hand_over(self, item: FrameItem) -> None:
         for sub in list(self._frame_subscribers):
             try:
-                sub.send.send_nowait(item)
+                self._overflowed += sub.queue.put(item)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._drop_frame_subscriber(sub)
 
     def _deliver(self, sub: _Subscriber, samples: list[Sample]) -> None:
         try:
             for sample in samples:
-                sub.send.send_nowait(sample)
+                self._overflowed += sub.queue.put(sample)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The subscriber closed its end without unsubscribing: forget it.
             self._drop_subscriber(sub)
@@ -609,24 +690,31 @@ class ContinuousClient:
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(self, device: str = "") -> tuple[MemoryObjectReceiveStream[Sample], object]:
-        """A new unbounded queue of Samples, labelled ``device``; returns (queue, token).
+        """A new queue of Samples, labelled ``device``; returns (queue, token).
 
-        Pass the token to :meth:`unsubscribe`. When the receiver stops, the queue ends.
+        The queue holds at most ``sample_queue`` samples (:data:`SUBSCRIBER_QUEUE_SAMPLES`);
+        when it is full the oldest sample is dropped for the new one and counted
+        (:meth:`subscriber_dropped`). Pass the token to :meth:`unsubscribe`. When the receiver
+        stops, the queue ends.
 
         Raises:
             ServomexConnectionError: the receiver is not running.
         """
         self._require_running()
-        send, receive = anyio.create_memory_object_stream[Sample](math.inf)
-        sub = _Subscriber(send, device)
+        queue = LatestQueue[Sample](
+            self._sample_queue, what=f"subscriber {device!r} on {self.label}", logger=_log
+        )
+        sub = _Subscriber(queue, device)
         self._subscribers.append(sub)
-        return receive, sub
+        return queue.receive, sub
 
     def subscribe_frames(self) -> tuple[MemoryObjectReceiveStream[FrameItem], object]:
-        """A new unbounded queue of every line the receiver handles from now on.
+        """A new queue of every line the receiver handles from now on.
 
         Each good frame arrives as its :class:`~servomexlib.devices.models.Frame` (exactly
-        once, in order), each rejected line as a :class:`FrameRejection`. Returns (queue,
+        once, in order), each rejected line as a :class:`FrameRejection`. The queue holds at
+        most ``frame_queue`` items (:data:`FRAME_QUEUE_FRAMES`); when it is full the oldest is
+        dropped for the new one and counted (:meth:`subscriber_dropped`). Returns (queue,
         token); pass the token to :meth:`unsubscribe`. The queue ends when the receiver stops
         (end of stream, lost port, ``aclose``); :attr:`stop_reason` then says why.
 
@@ -634,10 +722,21 @@ class ContinuousClient:
             ServomexConnectionError: the receiver is not running.
         """
         self._require_running()
-        send, receive = anyio.create_memory_object_stream[FrameItem](math.inf)
-        sub = _FrameSubscriber(send)
+        queue = LatestQueue[FrameItem](
+            self._frame_queue, what=f"frame subscriber on {self.label}", logger=_log
+        )
+        sub = _FrameSubscriber(queue)
         self._frame_subscribers.append(sub)
-        return receive, sub
+        return queue.receive, sub
+
+    def subscriber_dropped(self, token: object) -> int:
+        """Items the subscription ``token`` lost to a full queue so far (0 for unknown tokens).
+
+        Still answers after the subscription ended, so a consumer can account for every loss.
+        """
+        if isinstance(token, _Subscriber | _FrameSubscriber):
+            return token.queue.dropped
+        return 0
 
     def unsubscribe(self, token: object) -> None:
         """Stop delivering to the subscription ``token`` (samples or frames); idempotent."""
@@ -649,12 +748,12 @@ class ContinuousClient:
     def _drop_subscriber(self, sub: _Subscriber) -> None:
         if sub in self._subscribers:
             self._subscribers.remove(sub)
-        sub.send.close()
+        sub.queue.close()
 
     def _drop_frame_subscriber(self, sub: _FrameSubscriber) -> None:
         if sub in self._frame_subscribers:
             self._frame_subscribers.remove(sub)
-        sub.send.close()
+        sub.queue.close()
 
     # ------------------------------------------------------------------ waiting
 
@@ -667,10 +766,19 @@ class ContinuousClient:
                 "(continuous mode needs its background receiver)",
                 context=self._ctx(),
             )
-        detail = f": {self._stop_reason.message}" if self._stop_reason is not None else ""
-        raise ServomexConnectionError(
+        reason = self._stop_reason
+        if self._crash is not None:
+            detail = f": internal error {self._crash!r}"
+        else:
+            detail = f": {reason.message}" if reason is not None else ""
+        stopped = ServomexConnectionError(
             f"continuous receiver on {self.label} has stopped{detail}", context=self._ctx()
         )
+        # Chained to what stopped it: the bug itself when a bug did, else the transport's end.
+        cause = self._crash if self._crash is not None else reason
+        if cause is not None:
+            raise stopped from cause
+        raise stopped
 
     async def wait_frame(self, *, timeout: float | None = None) -> Frame:
         """Wait for the **next** good frame (not the cached one).

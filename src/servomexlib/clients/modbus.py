@@ -11,8 +11,9 @@ timing lives in the line, so the rules below hold across a change of slave addre
 26 % of requests sent back to back and none sent after 50 ms of quiet. So before *every*
 request — first attempts and retries alike — the line waits until 50 ms have passed since the
 last byte sent or received on it, reading whatever arrives meanwhile and throwing it away (a
-late reply or noise is stale by definition, and each stale byte restarts the 50 ms). The
-line's stream wrapper stamps every send and receive, so "last byte" is exact, including the
+late reply or noise is stale by definition, and each stale byte restarts the 50 ms; a device
+that needs more makes the line learn a longer silence, see "Learned silence"). The line's
+stream wrapper stamps every send and receive, so "last byte" is exact, including the
 bytes anymodbus itself reads.
 
 **Why we drive single attempts ourselves.** anymodbus's knobs cannot express the rules exactly:
@@ -98,6 +99,46 @@ attempts through the transaction observer and folds the window into its silence,
 cover the slowest plausible reply measured from when the request left (turnaround + the reply's
 characters), so late bytes are waited out *before* the next attempt's response timeout starts.
 
+**Fast recovery from a lost reply** (api.md §5). A lost reply used to cost the whole response
+timeout (1 s by default) although the analyser answers in 20-40 ms. So each slave's reply times
+are learned, per slave address on the line (several clients of one slave share them): the time
+from an attempt's start to its whole reply, minus the wire time of request and reply — the
+slave's *excess*, the same for every reply size. Only replies that surely answer their own
+attempt are timed: first attempts on a certain line, retries after attempts that received
+nothing at all (a lost request or reply, not a late one), fence and probe echoes — each only
+when nothing else arrived with it. When the caller gave no per-call ``timeout``, every attempt
+but the last waits ``wire time + allowance``, the allowance being the p99 of the last 64
+excesses plus a margin (20 ms or half of it, whichever is more), never less than 50 ms, capped by
+the open-time timeout; until 8 replies were timed the open-time timeout is used. The **last**
+attempt of a transaction always waits the whole open-time timeout, so a slow but alive device is
+never lost, and a dead one costs 2 × learned + 1 × timeout. A per-call ``timeout=`` switches
+learned waits off for that call (fences included). Fence attempts follow the same rule; a
+courtesy fence at another address waits that slave's learned time.
+
+A short wait can give up on a reply that is merely slow. That is exactly the late reply the
+fence handles: the attempt leaves the line uncertain, a retry may take the reply (it answers the
+same question), and the next transaction is fenced. So no value can be lost or misattributed;
+it costs a retry. And it is evidence: an attempt that gave up after a learned wait with nothing
+received is *watched*; if stale bytes arrive before that slave's next transaction starts (in a
+silence or a fence), its reply was late, and the slave's allowance is boosted to twice what it
+was (the boost fades as new replies are timed, which by then cover the slower ones). A reply
+that is simply lost leaves nothing to see, so random loss never lengthens the wait.
+
+**Learned silence.** Some devices need more quiet than 50 ms. Every attempt is classed by the
+silence before it: *tight* (within 5 ms of the current silence: the silence was what it waited
+for) or *loose* (at least 20 ms more: after an idle period, or a retry after a timeout). When 7
+of the last 8 tight attempts went unanswered (no byte at all) while at most a quarter of the
+last loose ones did (at least 4 of them), the device is telling us the silence it needs: the
+line's silence is raised by 10 ms (up to 250 ms) and the tight record restarts. Random loss
+hits tight and loose attempts alike, so it does not raise the silence (7 of 8 lost at 30 % loss
+while loose ones get through is a ~0.1 % event). Every 200 answered tight attempts lower the
+silence by 1 ms, never below the open-time silence: a device that needs 80 ms gets 80-89 ms,
+and loses a few requests (about 7) when the decay probes below 80 ms once per ~2000
+transactions. The silence is the line's (one bus, one
+rule); sweeps are planned with it (``WireModel.with_silence``). Probes teach nothing about the
+silence (an empty address is no evidence). ``statistics()`` shows ``learned_wait_s``,
+``silence_s``, the turnaround percentiles and the counters; ``servomex diag link`` prints them.
+
 **Errors** (protocol.md §4.12) are translated here and nowhere else: exception 01/02/other →
 ``ServomexIllegalFunctionError`` / ``ServomexIllegalDataAddressError`` / ``ServomexModbusError``;
 no valid reply after the retries → ``ServomexTimeoutError``; a closed or lost port →
@@ -107,9 +148,13 @@ error carries port, protocol, address, function code, register (or 1-based coil)
 the request ADU, the bytes received for it and the time spent.
 
 **Sweeps** follow the :class:`~servomexlib.planner.ReadPlanner`: FC04 reads, channel FC02 reads,
-then FC02 (1000, 16). An exception 02 is fed to the planner; when that changes the plan the
-step is re-run once with the new plan (reads already done are kept). Timeouts never change the
-plan.
+then FC02 (1000, 16). A slot whose name and unit are cached (by ``identify()`` or by its first
+read) is read value-only — its 2 value registers, not its 7-register block — and its reading
+takes name and unit from the cache, with ``raw`` the 4 value bytes as received; a slot read for
+the first time is read whole, which fills the cache. ``read_channel`` always reads the whole
+block (protocol.md §5), names still from the cache; only ``identify()`` refreshes it. An
+exception 02 is fed to the planner; when that changes the plan the step is re-run once with the
+new plan (reads already done are kept). Timeouts never change the plan.
 """
 
 from __future__ import annotations
@@ -142,6 +187,8 @@ from ..devices.models import (
     Frame,
     ProtocolKind,
     Reading,
+    ValueState,
+    _build_reading,
 )
 from ..errors import (
     ErrorContext,
@@ -154,7 +201,7 @@ from ..errors import (
     ServomexTimeoutError,
     ServomexValidationError,
 )
-from ..planner import PlannedRead, ReadFunction, ReadPlanner, WireModel
+from ..planner import VALUE_REGISTERS, PlannedRead, ReadFunction, ReadPlanner, WireModel
 from ..settings import SerialSettings
 from ..units import Unit
 from ..wire.channels import (
@@ -175,6 +222,7 @@ from ..wire.channels import (
 )
 from ..wire.registers import (
     decode_channel_block,
+    decode_float32_value,
     decode_modbus_name,
     decode_modbus_unit,
     slot_populated,
@@ -202,6 +250,24 @@ DEFAULT_TIMEOUT = 1.0  # per-attempt response timeout (LIB)
 MODEL_NAME = "4000-series"  # the unit reports no model identity anywhere (protocol.md §13)
 LOOPBACK_PAYLOAD_LEN = 2
 _MAX_TURNAROUND_S = 0.1  # replies came after 20-40 ms (HW); allow for a slow one
+_REPLY_WINDOW = 64  # reply-time samples kept per slave (the wait is their p99 + a margin)
+_MIN_REPLY_SAMPLES = 8  # until then every attempt waits the open-time timeout
+_WAIT_FLOOR_S = 0.05  # a learned wait is never under the wire time + 50 ms (api.md §5)
+_WAIT_MARGIN_S = 0.020  # over the p99, at least this …
+_WAIT_MARGIN_FRACTION = 0.5  # … or this fraction of it
+_BOOST_DECAY = 0.95  # a late-reply boost fades by this factor per new sample
+_SILENCE_STEP_S = 0.010  # raise per piece of evidence
+_SILENCE_CAP_S = 0.250  # never learn more than this
+_SILENCE_DECAY_S = 0.001  # decay step, back towards the open-time silence …
+_SILENCE_DECAY_EVERY = 200  # … once per this many answered tight attempts
+_SILENCE_WINDOW = 8  # attempts remembered per class (tight / loose)
+_SILENCE_EVIDENCE = 7  # tight attempts of the window unanswered: the silence is too short
+_SILENCE_LOOSE_MIN = 4  # loose attempts needed to compare with …
+_SILENCE_LOOSE_MAX_MISS = 0.25  # … of which at most this fraction unanswered
+_TIGHT_SLACK_S = 0.005  # a request within this of the silence followed it tightly
+_LOOSE_EXTRA_S = 0.020  # a request this much past the silence followed a longer one
+_PROBE_TURNAROUND_S = 0.06  # a probe's turnaround allowance: the analyser answers in 20-40 ms
+_PROBE_MARGIN_S = 0.02  # over the slowest turnaround seen, when that exceeds the allowance
 _MAX_RTU_ADU = 256
 _MAX_ASCII_ADU = 2 * 255 + 3  # ':' + hex(addr · PDU · LRC) + CR LF
 _BUS_CEILING_S = 60.0  # anymodbus' maximum request_timeout; ours (fail_after) fires first
@@ -332,7 +398,15 @@ class ModbusLine:
         if not math.isfinite(silence_s) or silence_s < 0:
             raise ServomexValidationError(f"silence_s must be >= 0, got {silence_s!r}")
         self._transport = transport
+        self._base_silence = float(silence_s)
         self._silence = float(silence_s)
+        self._silence_raises = 0
+        self._tight: deque[bool] = deque(maxlen=_SILENCE_WINDOW)  # True = unanswered
+        self._loose: deque[bool] = deque(maxlen=_SILENCE_WINDOW)
+        self._answered_tight = 0
+        self._attempt_gap: float | None = None
+        self._replies: dict[int, _ReplyTimes] = {}
+        self._late_watch: set[int] = set()
         self._on_receive = on_receive
         settings = transport.serial_settings
         char_time = settings.char_time_s if settings is not None else 10 / 19200
@@ -345,6 +419,7 @@ class ModbusLine:
         self._last_sent: float | None = None
         self._quiet_until = -math.inf
         self._capture: bytearray | None = None
+        self._capture_received = False
         self._stale_bytes = 0
         self._closed = False
         self._stream = _LineStream(transport, self)
@@ -390,7 +465,114 @@ class ModbusLine:
 
     @property
     def silence_s(self) -> float:
+        """The pre-request silence now: the open-time one, or more once the line learned that
+        its device needs it (module docstring, "Learned silence")."""
         return self._silence
+
+    @property
+    def base_silence_s(self) -> float:
+        """The open-time silence: the learned one never falls below it."""
+        return self._base_silence
+
+    @property
+    def silence_raises(self) -> int:
+        """How often the silence was raised on evidence."""
+        return self._silence_raises
+
+    def reply_times(self, address: int) -> _ReplyTimes:
+        """The reply-time record of the slave at ``address`` (created empty)."""
+        times = self._replies.get(address)
+        if times is None:
+            times = self._replies[address] = _ReplyTimes()
+        return times
+
+    def learned_wait(self, address: int, request_chars: int, reply_chars: int) -> float | None:
+        """How long an attempt at ``address`` waits for a reply of ``reply_chars`` when the
+        caller gave no per-call timeout: the wire time of the request and the reply plus the
+        slave's learned allowance; None until enough replies were timed."""
+        allowance = self.reply_times(address).allowance()
+        if allowance is None:
+            return None
+        return (request_chars + reply_chars) * self._char_time + allowance
+
+    def learn_reply(
+        self, address: int, elapsed: float, request_chars: int, reply_chars: int
+    ) -> None:
+        """Record one reply that surely answered its own request: ``elapsed`` seconds from
+        the attempt's start to the whole reply; the allowance learns the part beyond the wire
+        time of request and reply."""
+        excess = elapsed - (request_chars + reply_chars) * self._char_time
+        self.reply_times(address).add(excess)
+
+    def watch_for_late_reply(self, address: int) -> None:
+        """An attempt gave up after a learned wait with nothing received: if bytes arrive late
+        (stale) before the slave's next transaction, the wait was too short — boost it."""
+        self._late_watch.add(address)
+
+    def end_late_watch(self, address: int) -> None:
+        self._late_watch.discard(address)
+
+    def _count_stale(self, n: int) -> None:
+        if n <= 0:
+            return
+        self._stale_bytes += n
+        if self._late_watch:
+            for address in self._late_watch:
+                boosted = self.reply_times(address).boost_after_late_reply()
+                _log.info(
+                    "%s: a reply came after its attempt gave up: waits at address %d now "
+                    "at least %.0f ms beyond the wire time",
+                    self._transport.label,
+                    address,
+                    1000 * boosted,
+                )
+            self._late_watch.clear()
+
+    def note_silence_outcome(self, answered: bool) -> None:
+        """Classify the attempt just made by the silence before it and learn from it.
+
+        A *tight* attempt followed the current silence closely (the silence was what it
+        waited for); a *loose* one followed clearly more. When nearly all recent tight
+        attempts went unanswered while loose ones were answered, the device needs more quiet
+        than it is given: raise the silence one step (capped). Answered tight attempts let it
+        decay, slowly, towards the open-time silence (never below).
+        """
+        gap, self._attempt_gap = self._attempt_gap, None
+        if gap is None:
+            return
+        if gap < self._silence + _TIGHT_SLACK_S:
+            self._tight.append(not answered)
+            if answered:
+                self._answered_tight += 1
+                if self._answered_tight >= _SILENCE_DECAY_EVERY:
+                    self._answered_tight = 0
+                    self._silence = max(self._base_silence, self._silence - _SILENCE_DECAY_S)
+                return
+            self._maybe_raise_silence()
+        elif gap >= self._silence + _LOOSE_EXTRA_S:
+            self._loose.append(not answered)
+
+    def _maybe_raise_silence(self) -> None:
+        if len(self._tight) < _SILENCE_WINDOW or sum(self._tight) < _SILENCE_EVIDENCE:
+            return
+        if len(self._loose) < _SILENCE_LOOSE_MIN:
+            return
+        if sum(self._loose) > _SILENCE_LOOSE_MAX_MISS * len(self._loose):
+            return  # longer silences fail as often: a loss, not the silence
+        if self._silence >= _SILENCE_CAP_S:
+            return
+        old = self._silence
+        self._silence = min(_SILENCE_CAP_S, self._silence + _SILENCE_STEP_S)
+        self._silence_raises += 1
+        self._tight.clear()
+        self._answered_tight = 0
+        _log.warning(
+            "%s: requests after %.0f ms of silence go unanswered, after longer ones they are "
+            "answered: silence raised to %.0f ms",
+            self._transport.label,
+            1000 * old,
+            1000 * self._silence,
+        )
 
     @property
     def stale_bytes(self) -> int:
@@ -436,6 +618,7 @@ class ModbusLine:
             now = anyio.current_time()
             until = max(self._last_activity + self._silence, self._quiet_until)
             if now >= until:
+                self._attempt_gap = now - self._last_activity
                 return
             with anyio.move_on_after(until - now):
                 data = await self._transport.receive(_DISCARD_CHUNK)
@@ -444,6 +627,7 @@ class ModbusLine:
     def begin_capture(self, reply_chars: int | None = None) -> None:
         """Start recording the attempt's reply; ``reply_chars`` sizes its late-reply window."""
         self._capture = bytearray()
+        self._capture_received = False
         self._chunks.clear()
         self._attempt_sent = False
         if reply_chars is not None:
@@ -452,6 +636,11 @@ class ModbusLine:
     def end_capture(self) -> bytes | None:
         data, self._capture = self._capture, None
         return bytes(data) if data else None
+
+    @property
+    def capture_received(self) -> bool:
+        """Whether any byte arrived during the current (or last) attempt's capture."""
+        return self._capture_received
 
     @property
     def attempt_sent(self) -> bool:
@@ -530,10 +719,11 @@ class ModbusLine:
     def _received(self, data: bytes, *, stale: bool = False) -> None:
         now = self._note_activity(data)
         if stale:
-            self._stale_bytes += len(data)
+            self._count_stale(len(data))
             _log.debug("discarded %d stale byte(s) on %s", len(data), self._transport.label)
         elif self._capture is not None:
             self._capture += data
+            self._capture_received = self._capture_received or bool(data)
             self._chunks.append((now, len(self._capture)))
 
     def _note_activity(self, data: bytes) -> float:
@@ -555,13 +745,17 @@ class ModbusLine:
 
     # -- the fence (call with the lock held) ----------------------------------------------
 
-    async def settle(self, address: int, timeout: float, *, attempts: int) -> _FenceReport:
+    async def settle(
+        self, address: int, timeout: float, *, attempts: int, learned: bool = False
+    ) -> _FenceReport:
         """Fence the line before a new transaction to ``address`` (module docstring).
 
         First one courtesy fence attempt at every *other* uncertain address that has not
         already ignored one; then, when ``address`` itself is uncertain, its fence with up to
         ``attempts`` attempts. Returns what was done; ``own_failed`` when ``address`` stayed
-        uncertain (its transaction must not be sent).
+        uncertain (its transaction must not be sent). With ``learned`` (no per-call timeout)
+        fence attempts wait the fenced slave's learned wait, except the last of ``address``'s
+        own fence, which waits ``timeout``; a courtesy attempt always waits the learned one.
 
         Raises:
             ServomexConnectionError: the port failed or closed.
@@ -571,22 +765,41 @@ class ModbusLine:
             return report
         for other, suspect in list(self._suspects.items()):
             courtesy = other != address and not suspect.courtesy_failed
-            if courtesy and not await self._fence(other, timeout, 1, report):
+            if courtesy and not await self._fence(
+                other, timeout, 1, report, learned=learned, courtesy=True
+            ):
                 suspect.courtesy_failed = True
-        if address in self._suspects and not await self._fence(address, timeout, attempts, report):
+        if address in self._suspects and not await self._fence(
+            address, timeout, attempts, report, learned=learned
+        ):
             report.own_failed = True
         return report
 
     async def _fence(
-        self, address: int, timeout: float, attempts: int, report: _FenceReport
+        self,
+        address: int,
+        timeout: float,
+        attempts: int,
+        report: _FenceReport,
+        *,
+        learned: bool,
+        courtesy: bool = False,
     ) -> bool:
+        echo_chars = len(self.encode_adu(address, _FENCE_PREFIX + b"\x00\x00"))
         for attempt in range(attempts):
             report.attempts += 1
             await self.wait_silence()
-            if await self._fence_attempt(address, timeout):
+            wait = timeout
+            if learned and (courtesy or attempt + 1 < attempts):
+                short = self.learned_wait(address, echo_chars, echo_chars)
+                if short is not None and short < timeout:
+                    wait = short
+            if await self._fence_attempt(address, wait, short=wait < timeout):
                 self._suspects.pop(address, None)
                 report.completed += 1
                 return True
+            if wait < timeout:
+                report.short_failed += 1
             _log.debug(
                 "%s: fence attempt %d/%d at address %d unanswered",
                 self._transport.label,
@@ -603,29 +816,34 @@ class ModbusLine:
         )
         return False
 
-    async def _fence_attempt(self, address: int, timeout: float) -> bool:
+    async def _fence_attempt(self, address: int, timeout: float, *, short: bool = False) -> bool:
         """Send one fence; read until its reply (True) or ``timeout`` (False).
 
         The exchange bypasses anymodbus (which would stop at the first frame): bytes are read
-        from the transport and searched for the reply; everything else is stale.
+        from the transport and searched for the reply; everything else is stale. ``short``:
+        ``timeout`` is a learned wait (an echo after it is evidence that it was too short).
         """
         payload = self._fresh_payload()
         request = self.encode_adu(address, _FENCE_PREFIX + payload)
         matcher = _FenceMatcher(self._framing, address, request)
+        started = anyio.current_time()
         await self._stream.send(request)  # stamps _last_sent (again after a drain)
         await self._stream.drain()
         sent = self._last_sent
-        done = False
-        with anyio.move_on_after(timeout):
-            while not done:
+        done_at: float | None = None
+        with anyio.move_on_after(max(0.0, started + timeout - anyio.current_time())):
+            while done_at is None:
                 data = await self._transport.receive(_DISCARD_CHUNK)
-                done = matcher.feed(data, self._note_activity(data))
+                now = self._note_activity(data)
+                if matcher.feed(data, now):
+                    done_at = now
+        self.note_silence_outcome(done_at is not None)
         if matcher.stale:
-            self._stale_bytes += matcher.stale
+            self._count_stale(matcher.stale)
             _log.debug(
                 "fence on %s discarded %d stale byte(s)", self._transport.label, matcher.stale
             )
-        if done:
+        if done_at is not None:
             # An echo that queued behind stale replies times them, not the slave.
             if (
                 matcher.echo
@@ -634,9 +852,71 @@ class ModbusLine:
                 and sent is not None
             ):
                 self.learn_turnaround(matcher.began - sent)
-        else:
-            self._open_late_window(sent, anyio.current_time(), len(request))
-        return done
+                self.learn_reply(address, done_at - started, len(request), len(request))
+            return True
+        if short:
+            self.watch_for_late_reply(address)
+        self._open_late_window(sent, anyio.current_time(), len(request))
+        return False
+
+    # -- the probe (call with the lock held) ----------------------------------------------
+
+    def probe_wait(self, address: int) -> float:
+        """The default wait of :meth:`ModbusClient.probe`: the request and its echo on the wire
+        plus a turnaround allowance (60 ms, or more when this line has shown slower replies)."""
+        chars = 2 * len(self.encode_adu(address, _FENCE_PREFIX + b"\x00\x00"))
+        allowance = _PROBE_TURNAROUND_S
+        if self._max_turnaround is not None:
+            allowance = max(allowance, self._max_turnaround + _PROBE_MARGIN_S)
+        return chars * self._char_time + allowance
+
+    async def probe(self, address: int, wait: float) -> float | None:
+        """One FC08 echo attempt at ``address`` after the silence; no retry, no fence.
+
+        Returns the seconds from handing the request to the port until its reply (the echo of
+        a fresh payload, or an exception reply 0x88 from ``address``) was complete, or None
+        when none came within ``wait``. Every other byte is stale. An unanswered probe does not
+        make the line uncertain (a late echo names its payload, so no read can take it as a
+        value); the next request waits until a late echo would have arrived, and whatever
+        arrives meanwhile is discarded by its silence.
+
+        Raises:
+            ServomexConnectionError: the port failed or closed.
+        """
+        await self.wait_silence()
+        self._attempt_gap = None  # an empty address is no evidence about the silence
+        payload = self._fresh_payload()
+        request = self.encode_adu(address, _FENCE_PREFIX + payload)
+        matcher = _FenceMatcher(self._framing, address, request)
+        started = anyio.current_time()
+        sent: float | None = None
+        done_at: float | None = None
+        try:
+            await self._stream.send(request)
+            await self._stream.drain()
+            sent = self._last_sent
+            with anyio.move_on_after(max(0.0, started + wait - anyio.current_time())):
+                while done_at is None:
+                    data = await self._transport.receive(_DISCARD_CHUNK)
+                    now = self._note_activity(data)
+                    if matcher.feed(data, now):
+                        done_at = now
+        finally:
+            self._count_stale(matcher.stale)
+            if done_at is None:
+                self._open_late_window(
+                    sent if sent is not None else started, anyio.current_time(), len(request)
+                )
+        if (
+            done_at is not None
+            and matcher.echo
+            and not matcher.stale
+            and matcher.began is not None
+            and sent is not None
+        ):
+            self.learn_turnaround(matcher.began - sent)
+            self.learn_reply(address, done_at - started, len(request), len(request))
+        return None if done_at is None else done_at - started
 
     def _fresh_payload(self) -> bytes:
         while True:
@@ -650,11 +930,65 @@ class ModbusLine:
         """anymodbus transaction observer: open the late-reply window after uncertain attempts."""
         if info.outcome not in _UNCERTAIN or info.sent_at is None:
             return
-        until = max(
-            info.ended_at + self.bus.config.timing.late_reply_window,
-            info.sent_at + self._late_reply_s,
-        )
+        until = max(info.ended_at + self._silence, info.sent_at + self._late_reply_s)
         self._quiet_until = max(self._quiet_until, until)
+
+
+class _ReplyTimes:
+    """One slave's measured reply times, as the part beyond the wire time (its *excess*).
+
+    The excess of a reply — seconds from the start of its attempt to the whole reply, minus the
+    characters of request and reply on the wire — is the slave's turnaround plus whatever the
+    adapter and the host add; unlike the reply time it is the same for every reply size, so
+    one record serves every read. The *allowance* an attempt waits beyond the wire time is the
+    p99 of the last 64 excesses plus a margin (20 ms or half of it, whichever is more),
+    never under 50 ms, and never under the *boost* a late reply left (see
+    :meth:`boost_after_late_reply`); None until 8 replies were timed.
+    """
+
+    __slots__ = ("_allowance", "_samples", "boost", "boosts")
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=_REPLY_WINDOW)
+        self._allowance: float | None = None
+        self.boost = 0.0
+        self.boosts = 0
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, excess: float) -> None:
+        self._samples.append(max(0.0, excess))
+        self.boost *= _BOOST_DECAY
+        self._allowance = None
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q`` quantile (nearest rank) of the recorded excesses; None when empty."""
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        rank = max(1, math.ceil(q * len(ordered)))
+        return ordered[rank - 1]
+
+    def allowance(self) -> float | None:
+        """Seconds an attempt waits beyond the wire time; None until enough samples."""
+        if len(self._samples) < _MIN_REPLY_SAMPLES:
+            return None
+        if self._allowance is None:
+            p99 = self.percentile(0.99) or 0.0
+            margin = max(_WAIT_MARGIN_S, _WAIT_MARGIN_FRACTION * p99)
+            self._allowance = max(p99 + margin, _WAIT_FLOOR_S)
+        return max(self._allowance, self.boost)
+
+    def boost_after_late_reply(self) -> float:
+        """A reply came after an attempt gave up on it: wait at least twice as long from now
+        on (the boost fades as new replies are timed, which by then cover the slower
+        replies). Returns the new boost."""
+        current = self.allowance()
+        base = current if current is not None else _WAIT_FLOOR_S
+        self.boost = 2.0 * base
+        self.boosts += 1
+        return self.boost
 
 
 @dataclasses.dataclass(slots=True)
@@ -672,6 +1006,7 @@ class _FenceReport:
     completed: int = 0  # fences answered (echo or exception reply)
     failed: int = 0  # fences none of whose attempts was answered
     attempts: int = 0  # fence requests sent
+    short_failed: int = 0  # fence attempts that gave up after a learned (shorter) wait
     own_failed: bool = False  # the transaction's own address is still uncertain
 
 
@@ -764,6 +1099,16 @@ class ModbusStatistics:
     included), ``fence_failures`` fences none of whose attempts was answered, ``early_replies``
     replies rejected because they began sooner after their request than the line's fastest
     turnaround minus one character.
+
+    Fast recovery (module docstring): ``short_timeouts`` attempts (fence attempts included)
+    that gave up after a learned wait, shorter than the timeout, and were followed by a retry;
+    ``learned_wait_s`` how long an attempt waits for this slave beyond the wire time of its
+    request and reply (None while the open-time timeout is used); ``silence_s`` the line's
+    pre-request silence now (50 ms, or more when learned; line-wide); ``turnaround_p50_s`` /
+    ``turnaround_p99_s`` the median and 99th percentile of this slave's measured reply times
+    beyond the wire time, over the last 64 replies timed (``reply_samples``; None before any);
+    ``silence_raises`` how often the line raised its silence on evidence (line-wide);
+    ``wait_boosts`` how often a reply that came after its attempt gave up doubled the wait.
     """
 
     transactions: int = 0
@@ -776,6 +1121,14 @@ class ModbusStatistics:
     fences: int = 0
     fence_failures: int = 0
     early_replies: int = 0
+    short_timeouts: int = 0
+    learned_wait_s: float | None = None
+    silence_s: float = SILENCE_S
+    turnaround_p50_s: float | None = None
+    turnaround_p99_s: float | None = None
+    reply_samples: int = 0
+    silence_raises: int = 0
+    wait_boosts: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -789,6 +1142,16 @@ class _Counters:
     fences: int = 0
     fence_failures: int = 0
     early_replies: int = 0
+    short_timeouts: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Timeout:
+    """The response timeout of one call: ``seconds`` caps every attempt; ``learned`` when the
+    caller gave no per-call timeout, so attempts but the last may wait the learned time."""
+
+    seconds: float
+    learned: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -881,6 +1244,7 @@ class ModbusClient:
             )
             planner = ReadPlanner(model)
         self.read_planner: ReadPlanner = planner
+        self._planned_silence = self._line.base_silence_s
         self._slave = self._line.bus.slave(address)
         self._meta: dict[ChannelId, _Meta] = {}
         self._populated: tuple[ChannelId, ...] | None = None
@@ -909,6 +1273,8 @@ class ModbusClient:
 
     def statistics(self) -> ModbusStatistics:
         c = self._counters
+        line = self._line
+        times = line.reply_times(self.address)
         return ModbusStatistics(
             c.transactions,
             c.attempts,
@@ -916,11 +1282,25 @@ class ModbusClient:
             c.timeouts,
             c.exceptions,
             c.checksum_errors,
-            self._line.stale_bytes,
+            line.stale_bytes,
             c.fences,
             c.fence_failures,
             c.early_replies,
+            c.short_timeouts,
+            times.allowance(),
+            line.silence_s,
+            times.percentile(0.5),
+            times.percentile(0.99),
+            len(times),
+            line.silence_raises,
+            times.boosts,
         )
+
+    def sweep_plan(self) -> tuple[PlannedRead, ...]:
+        """The reads the next :meth:`poll` will make (no I/O): value-only spans for the slots
+        whose name and unit are cached, costed with the line's current silence — e.g. for a
+        rate check on an open analyser."""
+        return self._plan(self.sweep_channels, include_analyser=True)
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Nothing runs in the background in Modbus mode."""
@@ -1117,10 +1497,58 @@ class ModbusClient:
             )
         return echo
 
+    async def probe(self, *, wait: float | None = None) -> float | None:
+        """Is anything answering at this address? One short FC08 echo attempt (a bus scan).
+
+        After the line's silence, sends FC08 sub-function 0 with a fresh payload (never one
+        used on this line recently) and listens for ``wait`` seconds: by default the wire time
+        of the request and its echo plus a turnaround allowance of 60 ms (or the slowest
+        turnaround this line has measured plus 20 ms, when that is longer) — about 68 ms at
+        19200 baud RTU, so 247 addresses take well under a minute. There is no retry and no
+        fence, and an unanswered probe never makes the line uncertain: the echo names its own
+        payload, so a late one can never be taken as a value; it is discarded as stale by a
+        later silence or fence, and the next request waits until a late echo would have come.
+        An exception reply (``0x88``, e.g. exception 01 from firmware without FC08) counts:
+        something answers at this address.
+
+        Returns:
+            Seconds from handing the request to the port until the reply was complete, or
+            None when no valid reply came within ``wait`` (a reply with a bad CRC/LRC, another
+            address's reply or an echo of another payload is not one).
+
+        Raises:
+            ServomexValidationError: ``wait`` is not a positive number, before any I/O.
+            ServomexConnectionError: the port is closed or failed.
+        """
+        _check_timeout(wait, "wait")
+        line = self._line
+        if line.is_closed:
+            raise ServomexConnectionError(
+                f"{self.transport.label} is closed",
+                context=self._context(function_code=_FC_DIAGNOSTICS, register=0),
+            )
+        limit = line.probe_wait(self.address) if wait is None else float(wait)
+        started = time.monotonic()
+        async with line.lock:
+            self._counters.transactions += 1
+            self._counters.attempts += 1
+            try:
+                return await line.probe(self.address, limit)
+            except ServomexError as exc:
+                raise exc.with_context(
+                    **_fields(
+                        self._context(
+                            function_code=_FC_DIAGNOSTICS,
+                            register=0,
+                            elapsed_s=time.monotonic() - started,
+                        )
+                    )
+                ) from exc.__cause__
+
     # -- sweeps -----------------------------------------------------------------------------
 
     async def _sweep(
-        self, channels: tuple[ChannelId, ...], timeout: float, *, include_analyser: bool
+        self, channels: tuple[ChannelId, ...], timeout: _Timeout, *, include_analyser: bool
     ) -> _SweepData:
         """Run the plan; on exception 02 that teaches the planner something, re-plan and re-run
         the rest once per learning step (reads already done are kept)."""
@@ -1128,7 +1556,7 @@ class ModbusClient:
         while True:
             pending = [
                 r
-                for r in self.read_planner.plan(channels, include_analyser=include_analyser)
+                for r in self._plan(channels, include_analyser=include_analyser)
                 if not data.covers(r)
             ]
             replanned = False
@@ -1152,13 +1580,27 @@ class ModbusClient:
             if not replanned:
                 return data
 
-    async def _execute(self, read: PlannedRead, data: _SweepData, timeout: float) -> None:
+    def _plan(
+        self, channels: tuple[ChannelId, ...], *, include_analyser: bool
+    ) -> tuple[PlannedRead, ...]:
+        """The planner's reads for a sweep: value-only spans for the slots whose name and unit
+        are cached, costed with the line's current silence."""
+        planner = self.read_planner
+        silence = self._line.silence_s
+        if silence != self._planned_silence:  # learned: cost the plan with the real silence
+            planner.model = planner.model.with_silence(silence)
+            self._planned_silence = silence
+        return planner.plan(
+            channels, include_analyser=include_analyser, value_only=frozenset(self._meta)
+        )
+
+    async def _execute(self, read: PlannedRead, data: _SweepData, timeout: _Timeout) -> None:
         channel = read.channels[0] if len(read.channels) == 1 else None
         if read.function_code == ReadFunction.READ_INPUT_REGISTERS:
             words = await self._read_registers(read.address, read.count, timeout, channel=channel)
             for ch in read.channels:
                 off = read.offset_of(ch)
-                data.registers[ch] = tuple(words[off : off + REGISTERS_PER_CHANNEL])
+                data.registers[ch] = tuple(words[off : off + read.items_of(ch)])
         else:
             bits = await self._read_bits(read.address, read.count, timeout, channel=channel)
             if read.is_analyser:
@@ -1176,19 +1618,39 @@ class ModbusClient:
             if ch not in data.registers or ch not in data.bits:
                 continue
             status = decode_status_bits(spec.kind, data.bits[ch])
-            reading = decode_channel_block(
-                ch,
-                data.registers[ch],
-                status,
-                received_at=received_at,
-                monotonic_ns=mono_ns,
-                protocol=self.protocol,
-            )
+            words = data.registers[ch]
             meta = self._meta.get(ch)
-            if meta is None:  # first read of this slot: cache its name and unit
-                self._meta[ch] = _Meta(reading.name, reading.unit)
+            if len(words) == VALUE_REGISTERS and meta is not None:
+                # A value-only read: the name and unit are the cached ones; raw is the 4
+                # value bytes as received.
+                raw = words_to_bytes(words)
+                value = decode_float32_value(raw)
+                reading = _build_reading(
+                    ch,
+                    spec.kind,
+                    meta.name,
+                    value,
+                    meta.unit,
+                    status,
+                    self.protocol,
+                    received_at,
+                    mono_ns,
+                    raw,
+                    ValueState.INVALID if value is None else ValueState.OK,
+                )
             else:
-                reading = dataclasses.replace(reading, name=meta.name, unit=meta.unit)
+                reading = decode_channel_block(
+                    ch,
+                    words,
+                    status,
+                    received_at=received_at,
+                    monotonic_ns=mono_ns,
+                    protocol=self.protocol,
+                )
+                if meta is None:  # first read of this slot: cache its name and unit
+                    self._meta[ch] = _Meta(reading.name, reading.unit)
+                elif reading.name != meta.name or reading.unit != meta.unit:
+                    reading = dataclasses.replace(reading, name=meta.name, unit=meta.unit)
             readings.append(reading)
         return tuple(readings)
 
@@ -1204,7 +1666,7 @@ class ModbusClient:
     # -- transactions ---------------------------------------------------------------------
 
     async def _read_registers(
-        self, address: int, count: int, timeout: float, *, channel: ChannelId | None = None
+        self, address: int, count: int, timeout: _Timeout, *, channel: ChannelId | None = None
     ) -> tuple[int, ...]:
         pdu = bytes((ReadFunction.READ_INPUT_REGISTERS,)) + _u16(address) + _u16(count)
         return await self._transact(
@@ -1217,7 +1679,7 @@ class ModbusClient:
         )
 
     async def _read_bits(
-        self, address: int, count: int, timeout: float, *, channel: ChannelId | None = None
+        self, address: int, count: int, timeout: _Timeout, *, channel: ChannelId | None = None
     ) -> tuple[bool, ...]:
         pdu = bytes((ReadFunction.READ_DISCRETE_INPUTS,)) + _u16(address) + _u16(count)
         return await self._transact(
@@ -1229,7 +1691,7 @@ class ModbusClient:
             channel=channel,
         )
 
-    async def _pulse(self, coil: int, timeout: float) -> None:
+    async def _pulse(self, coil: int, timeout: _Timeout) -> None:
         """FC05 ON, FC01 read-back (value ignored), FC05 OFF — in that order.
 
         A failed ON raises at once (FC05 is never retried and we cannot know whether it
@@ -1270,14 +1732,15 @@ class ModbusClient:
         register: int,
         request_pdu: bytes,
         call: Callable[[anymodbus.Slave], Awaitable[T]],
-        timeout: float,
+        timeout: _Timeout,
         *,
         channel: ChannelId | None = None,
     ) -> T:
         """One transaction: fence when needed, then silence, attempt, classify.
 
-        Retries per protocol.md §9.1; the late-reply rules (fence, too-early replies) per the
-        module docstring. FC08 loopbacks are not fenced: their echo names its own payload.
+        Retries per protocol.md §9.1; the late-reply rules (fence, too-early replies) and the
+        learned waits (fast recovery) per the module docstring. FC08 loopbacks are not fenced:
+        their echo names its own payload.
         """
         if self._line.is_closed:
             raise ServomexConnectionError(
@@ -1309,8 +1772,15 @@ class ModbusClient:
         async with line.lock:
             if function_code != _FC_DIAGNOSTICS:
                 await self._settle(timeout, context)
+            # Bytes that came late for this slave's earlier attempts have had their chance to
+            # show up (in the silences and the fence): from here on, nothing is watched.
+            line.end_late_watch(self.address)
             # Only a first attempt on a certain line times a reply that surely answers it.
             certain_line = not line.is_uncertain(self.address)
+            # A retry times its reply as surely when nothing at all came for the attempts
+            # before it (a request or reply lost, not late) — for the learned wait only.
+            quiet = certain_line
+            stale_at_start = line.stale_bytes
             # FC08 echoes name their own payload: the early rule is for replies that do not.
             judge_early = function_code != _FC_DIAGNOSTICS
             for attempt in range(attempts):
@@ -1321,12 +1791,26 @@ class ModbusClient:
                     await line.wait_silence()
                 except ServomexError as exc:
                     raise exc.with_context(**_fields(context())) from exc.__cause__
+                wait = timeout.seconds
+                if timeout.learned and attempt + 1 < attempts:
+                    learned = line.learned_wait(self.address, len(request), reply_chars)
+                    if learned is not None and learned < wait:
+                        wait = learned
+                short = wait < timeout.seconds
                 line.begin_capture(reply_chars)
                 settled = False  # nothing from this attempt can still be on its way
+                clean = quiet and line.stale_bytes == stale_at_start
+                cancelled = False
+                t0 = anyio.current_time()
                 try:
-                    with anyio.fail_after(timeout):
-                        result = await call(self._slave)
+                    try:
+                        with anyio.fail_after(wait):
+                            result = await call(self._slave)
+                    except anyio.get_cancelled_exc_class():
+                        cancelled = True  # says nothing about the device or the silence
+                        raise
                 except anymodbus.ModbusExceptionResponse as exc:
+                    elapsed = anyio.current_time() - t0  # before any listening for more
                     turnaround = line.reply_turnaround(exception_chars)
                     alone = line.reply_alone(exception_chars)
                     response = line.end_capture()
@@ -1336,6 +1820,8 @@ class ModbusClient:
                         last = self._early_error(turnaround)
                     else:
                         settled = True
+                        if alone and clean:
+                            line.learn_reply(self.address, elapsed, len(request), exception_chars)
                         if attempt == 0 and certain_line and alone:
                             line.learn_turnaround(turnaround)
                         self._counters.exceptions += 1
@@ -1352,6 +1838,11 @@ class ModbusClient:
                         raise lost.with_context(**_fields(context())) from exc
                     if isinstance(exc, anymodbus.ChecksumError):
                         self._counters.checksum_errors += 1
+                    if short and response is None:
+                        # Gave up after the learned wait with nothing received: if the reply
+                        # turns up late after all, the wait was too short (it is raised).
+                        self._counters.short_timeouts += 1
+                        line.watch_for_late_reply(self.address)
                     last = exc
                 except (anymodbus.ConnectionLostError, anymodbus.BusClosedError) as exc:
                     response = line.end_capture()
@@ -1368,6 +1859,7 @@ class ModbusClient:
                     response = line.end_capture()
                     raise exc.with_context(**_fields(context())) from exc
                 else:
+                    elapsed = anyio.current_time() - t0  # before any listening for more
                     turnaround = line.reply_turnaround(reply_chars)
                     early = judge_early and line.is_too_early(turnaround)
                     if early and not await self._judge_early(turnaround):
@@ -1376,10 +1868,18 @@ class ModbusClient:
                         last = self._early_error(turnaround)
                     else:
                         settled = True
-                        if attempt == 0 and certain_line and line.reply_alone(reply_chars):
+                        alone = line.reply_alone(reply_chars)
+                        if alone and clean:
+                            line.learn_reply(self.address, elapsed, len(request), reply_chars)
+                        if attempt == 0 and certain_line and alone:
                             line.learn_turnaround(turnaround)
                         return result
                 finally:
+                    received = line.capture_received
+                    if line.attempt_sent and not cancelled:
+                        line.note_silence_outcome(received)
+                    if received:
+                        quiet = False
                     if not settled and line.attempt_sent:
                         # Whatever ended the attempt (timeout, bad frame, a stale or too-early
                         # reply, cancellation), a reply to it may still be on its way.
@@ -1387,12 +1887,13 @@ class ModbusClient:
                     line.end_capture()
                 if attempt + 1 < attempts:
                     _log.debug(
-                        "%s: attempt %d/%d of FC%02d at %d failed (%s); retrying",
+                        "%s: attempt %d/%d of FC%02d at %d failed after %.0f ms (%s); retrying",
                         self.device,
                         attempt + 1,
                         attempts,
                         function_code,
                         register,
+                        1000 * wait,
                         _describe(last),
                     )
         self._counters.timeouts += 1
@@ -1403,14 +1904,17 @@ class ModbusClient:
         )
         raise ServomexTimeoutError(message, context=context(extra={"attempts": attempts})) from last
 
-    async def _settle(self, timeout: float, context: Callable[..., ErrorContext]) -> None:
+    async def _settle(self, timeout: _Timeout, context: Callable[..., ErrorContext]) -> None:
         """Fence the line before a new transaction; raise when this address stays uncertain."""
         try:
-            report = await self._line.settle(self.address, timeout, attempts=1 + RETRIES)
+            report = await self._line.settle(
+                self.address, timeout.seconds, attempts=1 + RETRIES, learned=timeout.learned
+            )
         except ServomexError as exc:
             raise exc.with_context(**_fields(context())) from exc.__cause__
         self._counters.fences += report.completed
         self._counters.fence_failures += report.failed
+        self._counters.short_timeouts += report.short_failed
         if report.own_failed:
             self._counters.timeouts += 1
             raise ServomexTimeoutError(
@@ -1457,9 +1961,11 @@ class ModbusClient:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _resolve_timeout(self, timeout: float | None) -> float:
+    def _resolve_timeout(self, timeout: float | None) -> _Timeout:
         _check_timeout(timeout)
-        return self._timeout if timeout is None else float(timeout)
+        if timeout is None:
+            return _Timeout(self._timeout, learned=True)
+        return _Timeout(float(timeout), learned=False)
 
     def _context(self, **kw: Any) -> ErrorContext:
         return ErrorContext(

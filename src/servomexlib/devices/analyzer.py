@@ -477,7 +477,12 @@ class Analyzer:
         def unsubscribe() -> None:
             client.unsubscribe(token)  # type: ignore[attr-defined]
 
-        return StreamingSession(receive, mode=StreamMode.AUTOPRINT, on_close=unsubscribe)
+        def dropped() -> int:
+            return int(client.subscriber_dropped(token))  # type: ignore[attr-defined]
+
+        return StreamingSession(
+            receive, mode=StreamMode.AUTOPRINT, on_close=unsubscribe, dropped=dropped
+        )
 
     def _poll_session(self, rate_hz: float) -> StreamingSession:
         try:

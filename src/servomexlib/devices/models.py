@@ -196,7 +196,8 @@ class Reading:
     ``value_state`` says which: :attr:`ValueState.OK` when ``value`` is a number,
     :attr:`ValueState.OVER_RANGE` for an over/under-range glyph, :attr:`ValueState.INVALID`
     otherwise. ``raw`` holds the bytes the reading came from: the channel block's 8 fields
-    joined by ``;`` (continuous) or the 14 register bytes value·name·unit (Modbus).
+    joined by ``;`` (continuous), or the register bytes received in this read (Modbus): 14
+    (value·name·unit) for a whole block, 4 (the value) for a value-only sweep.
 
     ``value_state`` may be omitted (it is the last field, so older positional and keyword
     constructions keep working): it is then OK for a number and INVALID for None.

@@ -24,7 +24,11 @@ a pty or TCP keeps the host clock by default. With ``realtime=True``:
   host's bytes and the analyser's alike, and one emission waits for the previous one;
 * a reply starts a turnaround drawn uniformly from ``latency_s`` after the request's last byte;
 * the measured silence rule (protocol.md §9.1): a request whose first byte follows the previous
-  line activity by < 10 ms is lost with p = 0.26, by 10-50 ms with p = 0.08, by ≥ 50 ms never.
+  line activity by < 10 ms is lost with p = 0.26, by 10-50 ms with p = 0.08, by ≥ 50 ms never;
+* or, with ``silence_drop_until_s`` (e.g. 0.08, ``sim://?drop_until_ms=80``), a *harsh* rule
+  in its place: every request that follows less than that much silence is lost, every other
+  one arrives — an analyser that needs more quiet than the measured one (a host must learn the
+  silence this line needs).
 
 ``realtime=False`` removes pacing, turnaround and drops (the frame period stays: it is device
 behaviour, not line timing). Randomness is drawn from generators seeded by ``seed``, one draw
@@ -114,12 +118,14 @@ _TERMINATORS = (b"\r\n", b"\n", b"\r")
 _TIME_EPSILON = 1e-9
 
 
-def silence_drop_probability(gap_s: float) -> float:
+def silence_drop_probability(gap_s: float, until_s: float | None = None) -> float:
     """Probability that a request is lost, given the silence before its first byte.
 
     Measured through a USB-RS485 adapter at 19200 baud (protocol.md §9.1): 0 ms → 26 %,
-    10-20 ms → 8 %, 50 ms → 0 %.
+    10-20 ms → 8 %, 50 ms → 0 %. With ``until_s`` the harsh rule instead: 1 below it, else 0.
     """
+    if until_s is not None:
+        return 1.0 if gap_s < until_s else 0.0
     if gap_s < 0.010:
         return 0.26
     if gap_s < 0.050:
@@ -349,6 +355,8 @@ class SimLine:
         self.char_time: float = primary.char_time
         self.realtime: bool = primary.realtime
         self.silence_drop: bool = primary.silence_drop
+        #: The harsh silence rule's threshold (None: the measured rule).
+        self.silence_drop_until_s: float | None = primary.silence_drop_until_s
         #: Seconds per character as the host sees it: the pacing when realtime, else None.
         self.paced_char_time: float | None = self.char_time if self.realtime else None
         self._clock: Callable[[], float] = primary.line_clock
@@ -491,7 +499,11 @@ class SimLine:
         # + 1 ns: line times are sums of floats, and a host that waited exactly 50 ms (virtual
         # time jumps straight to its deadline) must not come out a rounding error short.
         gap = self._gap_before(request.start) + _TIME_EPSILON
-        lost = self.realtime and self.silence_drop and roll < silence_drop_probability(gap)
+        lost = (
+            self.realtime
+            and self.silence_drop
+            and roll < silence_drop_probability(gap, self.silence_drop_until_s)
+        )
         for sim in list(self._simulators):
             if sim.mode is request.framing:
                 sim._on_request(request, lost, now)
@@ -853,6 +865,9 @@ class Simulator:
         terminator: continuous frame terminator: ``b"\\r\\n"``, ``b"\\n"`` or ``b"\\r"``.
         latency_s: (min, max) reply turnaround in seconds, or one number.
         silence_drop: apply the measured silence rule (realtime only).
+        silence_drop_until_s: the harsh silence rule instead of the measured one: every request
+            following less than this many seconds of line silence is lost (realtime, with
+            ``silence_drop``); None (default) keeps the measured rule.
         reject_gaps: answer exception 02 to reads touching an unpopulated slot.
         realtime: pace bytes, add turnaround and drops; False for fast unit tests.
         seed: seeds every random choice (noise, turnaround, drops).
@@ -882,6 +897,7 @@ class Simulator:
         terminator: bytes = b"\r\n",
         latency_s: float | tuple[float, float] = (0.015, 0.030),
         silence_drop: bool = True,
+        silence_drop_until_s: float | None = None,
         reject_gaps: bool = False,
         realtime: bool = True,
         seed: int = 0,
@@ -912,6 +928,18 @@ class Simulator:
         self.terminator = bytes(terminator)
         self.latency_s = _check_latency(latency_s)
         self.silence_drop = bool(silence_drop)
+        if silence_drop_until_s is not None and (
+            isinstance(silence_drop_until_s, bool)
+            or not isinstance(silence_drop_until_s, int | float)
+            or not math.isfinite(silence_drop_until_s)
+            or silence_drop_until_s < 0
+        ):
+            raise ServomexValidationError(
+                f"silence_drop_until_s must be None or seconds >= 0, got {silence_drop_until_s!r}"
+            )
+        self.silence_drop_until_s = (
+            None if silence_drop_until_s is None else float(silence_drop_until_s)
+        )
         self.realtime = bool(realtime)
         self.seed = int(seed)
         self._rng = random.Random(f"{self.seed}:turnaround")

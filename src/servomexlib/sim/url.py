@@ -11,6 +11,7 @@ Query keys: ``mode`` (continuous / modbus_rtu / modbus_ascii; default modbus_rtu
 an empty item means unlabelled for names and the slot default for units and values; a value of
 ``over`` or ``nan`` means over-range), ``baud`` (19200), ``period`` (2.0 s), ``terminator``
 (crlf / lf / cr), ``latency_ms`` (``15-30`` or one number), ``drop`` (1/0: silence rule),
+``drop_until_ms`` (the harsh silence rule: every request after less silence than this is lost),
 ``reject_gaps`` (0/1), ``realtime`` (1/0), ``seed`` (0), ``scenario`` (a preset), ``clock``
 (ISO datetime for the analyser clock).
 """
@@ -46,6 +47,7 @@ QUERY_KEYS = (
     "terminator",
     "latency_ms",
     "drop",
+    "drop_until_ms",
     "reject_gaps",
     "realtime",
     "seed",
@@ -79,6 +81,7 @@ class SimSpec:
     terminator: bytes = b"\r\n"
     latency_s: tuple[float, float] = (0.015, 0.030)
     drop: bool = True
+    drop_until_s: float | None = None
     reject_gaps: bool = False
     realtime: bool = True
     seed: int = 0
@@ -105,6 +108,7 @@ class SimSpec:
                 terminator=self.terminator,
                 latency_s=self.latency_s,
                 silence_drop=self.drop,
+                silence_drop_until_s=self.drop_until_s,
                 reject_gaps=self.reject_gaps,
                 realtime=self.realtime,
                 seed=self.seed + i,
@@ -221,6 +225,11 @@ def spec_from_options(options: Mapping[str, str], *, url: str | None = None) -> 
         kw["latency_s"] = _latency(options["latency_ms"], url)
     if "drop" in options:
         kw["drop"] = _bool("drop", options["drop"], url)
+    if "drop_until_ms" in options:
+        until = _float("drop_until_ms", options["drop_until_ms"], url)
+        if until < 0:
+            raise _bad("drop_until_ms", options["drop_until_ms"], "must be >= 0", url)
+        kw["drop_until_s"] = until / 1000.0
     if "reject_gaps" in options:
         kw["reject_gaps"] = _bool("reject_gaps", options["reject_gaps"], url)
     if "realtime" in options:

@@ -6,7 +6,9 @@
 * :class:`FrameFeed` — the frame subscription a continuous client offers
   (``ContinuousClient.subscribe_frames``): every broadcast frame once, as it arrives.
   ``record(..., each_frame=True)`` follows it through the Analyzer's ``client`` instead of
-  polling, so the broadcast sets the cadence.
+  polling, so the broadcast sets the cadence. A subscription's queue is bounded: when its
+  consumer falls behind, the oldest items are dropped, and ``subscriber_dropped(token)`` says
+  how many, so the recording can count them.
 """
 
 from __future__ import annotations
@@ -40,3 +42,5 @@ class FrameFeed(Protocol):
     def subscribe_frames(self) -> tuple[MemoryObjectReceiveStream[FrameItem], object]: ...
 
     def unsubscribe(self, token: object) -> None: ...
+
+    def subscriber_dropped(self, token: object) -> int: ...

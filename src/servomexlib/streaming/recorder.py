@@ -32,7 +32,10 @@ per broadcast frame as it arrives, every frame exactly once: the broadcast sets 
 before ``start + duration`` are recorded). A line the receiver rejected (parse or checksum
 error) becomes a one-sample batch holding the error Sample, as in ``stream()``, and counts as
 late. When the frame stream ends (the port was lost) the recording reconnects as in polled
-mode and subscribes to the rebuilt source.
+mode and subscribes to the rebuilt source. The subscription's queue is bounded (the client's
+``FRAME_QUEUE_FRAMES``, 20 000 frames): if the consumer falls that far behind, the client drops
+the oldest frames, and every frame dropped is counted in ``samples_late`` — a recording never
+misses a frame without saying so.
 
 Tick durations for the percentiles are kept exactly for the first 2**20 ticks (8 MiB), then as
 a uniform reservoir of that size, so a week-long recording stays flat in memory.
@@ -54,7 +57,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..devices.models import Frame, OverflowPolicy, ProtocolKind, Sample
-from ..errors import ErrorContext, ServomexConnectionError
+from ..errors import ErrorContext, ServomexConnectionError, unwrap_group
 from .poll_source import FrameFeed, PollSource
 
 if TYPE_CHECKING:
@@ -82,7 +85,8 @@ class AcquisitionSummary:
     ``outage_s`` is their total length in seconds, an outage still running at the end counted
     up to the end. In each-frame mode ``samples_emitted`` counts the batches handed over (one
     per frame, rejected lines included), ``samples_late`` the rejected lines plus the batches
-    the overflow policy dropped; the tick statistics stay 0 (nothing is polled).
+    the overflow policy dropped plus the frames the client's bounded subscription queue
+    dropped; the tick statistics stay 0 (nothing is polled).
     """
 
     started_at: datetime
@@ -136,15 +140,8 @@ class _Durations:
 
 def _connection_error(exc: BaseException) -> ServomexConnectionError | None:
     """The ServomexConnectionError inside ``exc`` (possibly a single-member group), or None."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc if isinstance(exc, ServomexConnectionError) else None
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    leaf = unwrap_group(exc)
+    return leaf if isinstance(leaf, ServomexConnectionError) else None
 
 
 def _frame_feed(source: object) -> tuple[FrameFeed, str]:
@@ -175,6 +172,13 @@ class _Subscription:
     token: object
     receive: MemoryObjectReceiveStream[FrameItem]
     device: str
+    dropped_seen: int = 0
+
+    def take_dropped(self) -> int:
+        """Frames the client dropped from this subscription's full queue since the last call."""
+        dropped = self.feed.subscriber_dropped(self.token)
+        new, self.dropped_seen = dropped - self.dropped_seen, dropped
+        return new
 
     def close(self) -> None:
         self.feed.unsubscribe(self.token)
@@ -388,9 +392,10 @@ class _Producer:
             sub = first if first is not None else _subscribe(self.source)
             if isinstance(sub, _Subscription):
                 try:
-                    lost = await self._pump(sub.receive, sub.device, end, end_ns)
+                    lost = await self._pump(sub, end, end_ns)
                 finally:
                     sub.close()
+                    self.summary.samples_late += sub.take_dropped()
                 if lost is None:
                     return  # the end of the recording
                 lost = _stream_ended(self.source, lost)
@@ -405,18 +410,17 @@ class _Producer:
             backoff = next_backoff
 
     async def _pump(
-        self,
-        receive: MemoryObjectReceiveStream[FrameItem],
-        device: str,
-        end: float | None,
-        end_ns: int | None,
+        self, sub: _Subscription, end: float | None, end_ns: int | None
     ) -> ServomexConnectionError | None:
         """Hand over every frame until the end (returns None) or until the feed ends.
 
         When the feed ends, returns the ConnectionError that says so (completed by the caller
         with the receiver's own reason). Frames received before ``end_ns`` that are still
-        queued when the deadline passes are handed over too.
+        queued when the deadline passes are handed over too. Frames the client dropped from
+        the full queue meanwhile are counted late as each item is handed over (and once more
+        when the subscription closes, by the caller).
         """
+        receive = sub.receive
         while True:
             item: FrameItem | None = None
             with anyio.move_on_at(math.inf if end is None else end):
@@ -432,12 +436,14 @@ class _Producer:
                         return None
                     if end_ns is not None and item.monotonic_ns > end_ns:
                         return None
-                    await self._hand_over(item, device)
+                    await self._hand_over(item, sub)
             if end_ns is not None and item.monotonic_ns > end_ns:
                 return None
-            await self._hand_over(item, device)
+            await self._hand_over(item, sub)
 
-    async def _hand_over(self, item: FrameItem, device: str) -> None:
+    async def _hand_over(self, item: FrameItem, sub: _Subscription) -> None:
+        self.summary.samples_late += sub.take_dropped()
+        device = sub.device
         self._outage_ends(anyio.current_time())
         if isinstance(item, Frame):
             batch: Sequence[Sample] = item.as_samples(device)
@@ -565,7 +571,7 @@ async def record(
             finally:
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        failure = _unwrap(group)
+        failure = unwrap_group(group)
         if failure is group:
             raise
     finally:

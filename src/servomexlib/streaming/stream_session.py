@@ -9,6 +9,17 @@ Two shapes share this class:
   it in a task group the session owns, closing cancels it. An error the producer raises is
   re-raised to the consumer once the queued samples are read.
 
+Bounded queues
+--------------
+Neither shape's queue grows without end behind a consumer that stopped reading. A
+subscription's queue is the receiver's (``clients.continuous.SUBSCRIBER_QUEUE_SAMPLES``,
+100 000 samples); a producer session's queue holds at most :data:`STREAM_QUEUE_SAMPLES`
+(100 000 samples: over five hours of a 5-channel analyser polled at 1 Hz). The rule is the
+same for both: the producer never waits, and when the queue is full the **oldest** sample is
+dropped for the new one — a live stream wants the newest data — and counted in
+:attr:`StreamingSession.dropped`, with one WARNING per overflow episode (logged under
+``servomexlib.streaming`` or ``servomexlib.continuous``).
+
 Cancellation: the task group is entered and left by the task that runs ``async with``. If that
 task is cancelled while entering (the producer is being started) or while leaving, the task
 group is still exited there and then — a task group left entered would leave its cancel scope
@@ -17,24 +28,41 @@ on the caller's cancel-scope stack and break every scope the caller opens afterw
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ..clients.queue import LatestQueue
 from ..devices.models import Sample, StreamMode
 from ..errors import ServomexValidationError
 
-__all__ = ["Producer", "StreamingSession"]
+__all__ = ["STREAM_QUEUE_SAMPLES", "Producer", "SampleSender", "StreamingSession"]
 
-type Producer = Callable[[MemoryObjectSendStream[Sample]], Awaitable[None]]
-"""Fills the queue until done or cancelled; must not close the send stream itself."""
+_log = logging.getLogger("servomexlib.streaming")
+
+#: Most samples a producer session queues for its consumer; past it the oldest are dropped.
+STREAM_QUEUE_SAMPLES = 100_000
+
+
+class SampleSender(Protocol):
+    """The send side a producer fills: a memory object send stream, or the session's queue."""
+
+    def send_nowait(self, item: Sample, /) -> None: ...
+
+    async def send(self, item: Sample, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+type Producer = Callable[[SampleSender], Awaitable[None]]
+"""Fills the queue until done or cancelled; must not close the send side itself."""
 
 
 class StreamingSession:
@@ -49,6 +77,8 @@ class StreamingSession:
         on_close: called once by ``aclose`` (unsubscribes from the receiver).
         producer: for producer sessions, the coroutine factory started on entry.
         send: the queue's send side, handed to ``producer`` (and closed when it ends).
+        dropped: for subscription sessions, how many samples the receiver has dropped from
+            this subscription's full queue (what :attr:`dropped` reports).
     """
 
     def __init__(
@@ -58,12 +88,14 @@ class StreamingSession:
         mode: StreamMode,
         on_close: Callable[[], None] | None = None,
         producer: Producer | None = None,
-        send: MemoryObjectSendStream[Sample] | None = None,
+        send: SampleSender | None = None,
+        dropped: Callable[[], int] | None = None,
     ) -> None:
         if (producer is None) != (send is None):
             raise ValueError("producer and send are given together")
         self._receive = receive
         self._send = send
+        self._dropped = dropped
         self._mode = mode
         self._on_close = on_close
         self._producer = producer
@@ -73,14 +105,40 @@ class StreamingSession:
         self._closed = False
 
     @classmethod
-    def with_producer(cls, producer: Producer, *, mode: StreamMode = StreamMode.POLL) -> Self:
-        """A producer session over a fresh unbounded queue."""
-        send, receive = anyio.create_memory_object_stream[Sample](math.inf)
-        return cls(receive, mode=mode, producer=producer, send=send)
+    def with_producer(
+        cls,
+        producer: Producer,
+        *,
+        mode: StreamMode = StreamMode.POLL,
+        limit: int | None = None,
+    ) -> Self:
+        """A producer session over a fresh queue of at most ``limit`` samples.
+
+        ``limit`` None means :data:`STREAM_QUEUE_SAMPLES` (read when the session is made).
+        The producer's ``send_nowait``/``send`` never wait: on a full queue the oldest sample
+        is dropped and counted in :attr:`dropped` (module docstring).
+
+        Raises:
+            ValueError: ``limit`` is not an integer >= 1.
+        """
+        bound = STREAM_QUEUE_SAMPLES if limit is None else limit
+        queue = LatestQueue[Sample](bound, what=f"{mode.value} stream", logger=_log)
+        session = cls(queue.receive, mode=mode, producer=producer, send=queue)
+        session._dropped = lambda: queue.dropped
+        return session
 
     @property
     def mode(self) -> StreamMode:
         return self._mode
+
+    @property
+    def dropped(self) -> int:
+        """Samples dropped so far because this session's queue was full (oldest first).
+
+        0 when the session was built without a way to know (a subscription whose receiver
+        does not report it).
+        """
+        return self._dropped() if self._dropped is not None else 0
 
     @property
     def closed(self) -> bool:
@@ -88,7 +146,7 @@ class StreamingSession:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<StreamingSession mode={self._mode.value} {state}>"
+        return f"<StreamingSession mode={self._mode.value} {state} dropped={self.dropped}>"
 
     # ------------------------------------------------------------------ context manager
 

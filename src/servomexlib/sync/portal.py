@@ -4,7 +4,8 @@ The sync facade runs the one async implementation on an event loop in a backgrou
 Errors that cross back into the caller's thread arrive unwrapped: an exception group with a
 single member becomes that member (repeatedly, for nested single-member groups), so a script
 sees the plain ``Servomex*`` error with its cause chain intact. Groups of several errors pass
-unchanged.
+unchanged. The peeling is :func:`servomexlib.errors.unwrap_group`, shared with record() and the
+CLI.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from typing import Any, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ..errors import unwrap_group
+
 __all__ = ["SyncPortal", "unwrap_single"]
 
-
-def unwrap_single(exc: BaseException) -> BaseException:
-    """Peel single-member exception groups until a plain error or a multi-member group."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+#: Kept under its old name; the one implementation is :func:`servomexlib.errors.unwrap_group`.
+unwrap_single = unwrap_group
 
 
 @contextmanager
@@ -32,7 +31,7 @@ def _unwrapping() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaf = unwrap_single(group)
+        leaf = unwrap_group(group)
         if leaf is group:
             raise
     if leaf is not None:

@@ -1,0 +1,55 @@
+"""Virtual time for both backends: trio's ``MockClock`` and :class:`VirtualTimeLoop` for asyncio.
+
+Tests that run the realistic simulator on the event loop's clock (``line_clock=
+anyio.current_time``) use the ``anyio_backend`` fixture below: when nothing is ready, time jumps
+to the next timer, so a timeline of many seconds runs in a fraction of a second of wall time,
+and asyncio and trio see exactly the same timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from typing import Any
+
+import pytest
+from trio.testing import MockClock
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """A selector that, instead of sleeping, advances its loop's virtual clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: VirtualTimeLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = super().select(0)
+        if events or (timeout is not None and timeout <= 0):
+            return events
+        if timeout is None:  # nothing scheduled: only real I/O can wake us
+            return super().select(None)
+        assert self.loop is not None
+        self.loop.virtual_now += timeout
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """asyncio on virtual time, like trio's ``MockClock(autojump_threshold=0)``."""
+
+    def __init__(self) -> None:
+        selector = _JumpingSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self.virtual_now = 0.0
+
+    def time(self) -> float:
+        return self.virtual_now
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def virtual_anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Use as ``anyio_backend = virtual_anyio_backend`` in a test module."""
+    if request.param == "trio":
+        return ("trio", {"clock": MockClock(autojump_threshold=0)})
+    return ("asyncio", {"loop_factory": VirtualTimeLoop})
