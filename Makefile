@@ -5,6 +5,11 @@ PYTHON ?= python3.13
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test workers (pytest-xdist). Most of the suite waits on real ptys, sockets and subprocesses, so
+# it gains from more workers than cores: measured on 2 cores, 4 → 161 s, 6 → 131 s, 8 → 123 s
+# (more CPU-bound timing under load for little gain). `make test TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= 6
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: venv demo test test-all lint typecheck check bench bench-quick clean
 
@@ -22,11 +27,11 @@ demo: venv
 	$(VENV)/bin/servomex plot demo.csv
 
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # Also the tests marked slow (200 Modbus polls with the silence rule, ...).
 test-all: venv
-	$(PY) -m pytest --run-slow
+	$(PY) -m pytest $(PYTEST_PARALLEL) --run-slow
 
 # Figures against physical limits, over real ptys with realistic line timing (~8 min).
 bench: venv

@@ -47,9 +47,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self.virtual_now
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def virtual_anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Use as ``anyio_backend = virtual_anyio_backend`` in a test module."""
-    if request.param == "trio":
+def virtual_backend(name: str) -> tuple[str, dict[str, Any]]:
+    """``anyio_backend`` for backend ``name`` on virtual time (a fresh clock each call)."""
+    if name == "trio":
         return ("trio", {"clock": MockClock(autojump_threshold=0)})
     return ("asyncio", {"loop_factory": VirtualTimeLoop})
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def virtual_anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Use as ``anyio_backend = virtual_anyio_backend`` in a test module (or mark single tests
+    ``@pytest.mark.virtual_time``: tests/conftest.py)."""
+    return virtual_backend(request.param)

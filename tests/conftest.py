@@ -3,23 +3,34 @@
 Fixtures: ``anyio_backend`` (both backends), ``data_dir``, ``pty`` (a raw pseudo-terminal the
 test feeds itself: :class:`helpers.PtyFeeder`). A simulator served on a pty is
 ``helpers.served_on_pty``.
+
+Time: a test marked ``@pytest.mark.virtual_time`` gets both backends on virtual time (trio's
+``MockClock``, asyncio's ``VirtualTimeLoop``: tests/_virtual_time.py), for tests whose code
+only waits on the event loop's clock (a whole module does the same with ``anyio_backend =
+virtual_anyio_backend``). Tests over real I/O (a pty, TCP, a thread) stay on real time; the
+long end-to-end ones run on one backend (``helpers.ASYNCIO_ONLY``) since the backends' own
+I/O is covered by the transport tests on both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from _virtual_time import virtual_backend
 from helpers import PtyFeeder
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
     backend: str = request.param
+    if request.node.get_closest_marker("virtual_time") is not None:
+        return virtual_backend(backend)
     return backend
 
 

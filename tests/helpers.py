@@ -24,11 +24,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 import anyio
 import pytest
 
+from servomexlib.clients.continuous import ContinuousStatistics
+from servomexlib.clients.modbus import ModbusStatistics
 from servomexlib.devices.models import ChannelId, ChannelStatus, Frame, idle_cal_groups
 from servomexlib.errors import ServomexProtocolError
 from servomexlib.wire.continuous import (
@@ -79,6 +81,9 @@ GLUE_SUFFIX = b"\x00;2A1D;junk\x7f"
 
 Outcome = Frame | ServomexProtocolError
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|$)")
+
+if TYPE_CHECKING:
+    from servomexlib.devices.analyzer import Analyzer
 
 
 def is_standard_width(raw: bytes) -> bool:
@@ -225,6 +230,11 @@ def two_block_frame(o2: float, *, terminator: bytes = b"\r\n") -> bytes:
 
 # ------------------------------------------------------------------------- pseudo-terminals
 
+#: For long end-to-end tests over real I/O (a pty, TCP): they run on real time, so each backend
+#: costs its seconds of wall time again, and the backends' own pty/TCP I/O is what the transport
+#: tests cover on both. Such a test runs on asyncio only (say why where it is used).
+ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
 
 class PtyServer(Protocol):
     """What :func:`served_on_pty` serves: a ``Simulator`` or a ``SimLine``."""
@@ -294,3 +304,17 @@ class PtyFeeder:
         if self._slave is not None:
             os.close(self._slave)
             self._slave = None
+
+
+def continuous_stats(anz: Analyzer) -> ContinuousStatistics:
+    """``anz.statistics()`` of a continuous Analyzer, typed (fails the test otherwise)."""
+    stats = anz.statistics()
+    assert isinstance(stats, ContinuousStatistics), stats
+    return stats
+
+
+def modbus_stats(anz: Analyzer) -> ModbusStatistics:
+    """``anz.statistics()`` of a Modbus Analyzer, typed (fails the test otherwise)."""
+    stats = anz.statistics()
+    assert isinstance(stats, ModbusStatistics), stats
+    return stats

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from helpers import ASYNCIO_ONLY, modbus_stats
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import (
@@ -37,7 +38,14 @@ from servomexlib.errors import (
 )
 from servomexlib.planner import SpanPolicy
 from servomexlib.settings import SerialSettings
-from servomexlib.sim import CoilAction, CoilWrite, RequestOutcome, SimChannel, Simulator
+from servomexlib.sim import (
+    CoilAction,
+    CoilWrite,
+    ModbusRequest,
+    RequestOutcome,
+    SimChannel,
+    Simulator,
+)
 from servomexlib.sim.model import ascii_adu, rtu_adu
 from servomexlib.units import Unit
 
@@ -333,6 +341,7 @@ async def test_gap_free_reads_learned_from_one_exception_02_and_kept(
                 later = [await anz.poll() for _ in range(2)]
                 after = sim.requests[mark:]
                 planner = anz.read_planner
+                assert planner is not None
     gap_free = reads(framing, 1, (4, 0, 16), (4, 56, 9), (2, 0, 24), (2, 64, 16), (2, 1000, 16))
     # One exception 02 per space, then the gap-free reads (completed reads are kept).
     assert learned == [
@@ -362,6 +371,7 @@ async def test_dead_address_times_out_within_the_bound_and_keeps_the_plan() -> N
         anz = await open_device(path, protocol=RTU, address=9, timeout=timeout, identify=False)
         try:
             planner = anz.read_planner
+            assert planner is not None
             channels = [I1, I2, I3, E1, E2]
             plan_before = planner.plan(channels)
             started = time.monotonic()
@@ -389,7 +399,9 @@ async def test_dead_address_times_out_within_the_bound_and_keeps_the_plan() -> N
 
 async def run_polls(n: int) -> None:
     """``n`` consecutive polls against a realtime simulator with the silence rule on."""
-    sim = Simulator(mode=RTU, realtime=True, silence_drop=True, seed=5)
+    sim = Simulator(
+        mode=RTU, realtime=True, silence_drop=True, seed=5, line_clock=anyio.current_time
+    )
     anz = await open_device(sim.transport(), protocol=RTU, timeout=0.5)
     expected = [f32(20.378), f32(0.084), f32(0.25), 0.0, 0.0]
     errors: list[BaseException] = []
@@ -403,14 +415,14 @@ async def run_polls(n: int) -> None:
                 errors.append(exc)
                 continue
             assert [r.value for r in frame.readings] == expected
-        stats = anz.statistics()
+        stats = modbus_stats(anz)
     assert errors == []
     outcomes = [r.outcome for r in sim.requests]
     assert set(outcomes) == {RequestOutcome.ANSWERED}  # the silence rule never bit
-    # identify + 3 per poll. This runs on the real clock: once the reply wait is learned
-    # (wire time + ~50 ms), a busy machine waking the loop late can make an attempt give up
-    # on a reply that is on its way; it is retried (after a fence), never lost, so any
-    # repeated attempt must be one of those.
+    # identify + 3 per poll. On the real clock, once the reply wait is learned (wire time +
+    # ~50 ms), a busy machine waking the loop late can make an attempt give up on a reply that
+    # is on its way; it is retried (after a fence), never lost, so any repeated attempt must be
+    # one of those. (The tests below run on virtual time, where no wake-up is late.)
     assert stats.retries <= stats.short_timeouts
     assert len(outcomes) >= 1 + 3 * n
     if stats.retries == 0:
@@ -418,6 +430,7 @@ async def run_polls(n: int) -> None:
     assert stats.timeouts == 0
 
 
+@pytest.mark.virtual_time  # in-process: the line and the client on the loop's clock
 async def test_consecutive_polls_with_the_silence_rule_on() -> None:
     with anyio.fail_after(40):
         await run_polls(15)
@@ -425,29 +438,31 @@ async def test_consecutive_polls_with_the_silence_rule_on() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@pytest.mark.virtual_time
 async def test_two_hundred_consecutive_polls_with_the_silence_rule_on() -> None:
     with anyio.fail_after(150):
         await run_polls(200)
 
 
-class LossySimulator(Simulator):
-    """Drops each addressed reply with probability ``loss`` (seeded)."""
+def lossy_simulator(*, loss: float, **kw: Any) -> Simulator:
+    """A simulator that drops each reply it would send with probability ``loss`` (seeded)."""
+    sim = Simulator(**kw)
+    loss_rng = random.Random(f"{kw.get('seed', 0)}:loss")
 
-    def __init__(self, *, loss: float, **kw: Any) -> None:
-        super().__init__(**kw)
-        self._loss_rng = random.Random(f"{kw.get('seed', 0)}:loss")
-        self._loss = loss
+    def maybe_drop(request: ModbusRequest) -> None:
+        if loss_rng.random() < loss:
+            sim.drop_next(1)
 
-    def _on_request(self, request: Any, lost: bool, now: float) -> None:
-        addressed = request.valid and request.address == self.address and not lost
-        if addressed and self._loss_rng.random() < self._loss:
-            self.drop_next(1)
-        super()._on_request(request, lost, now)
+    sim.on_request(maybe_drop)
+    return sim
 
 
+@pytest.mark.virtual_time  # in-process: the timeouts and retries on the loop's clock
 async def test_thirty_percent_dropped_replies_never_give_a_wrong_value() -> None:
     polls = 16
-    sim = LossySimulator(loss=0.3, mode=RTU, realtime=False, seed=11)
+    sim = lossy_simulator(
+        loss=0.3, mode=RTU, realtime=False, seed=11, line_clock=anyio.current_time
+    )
     # identify=False: the sweeps cover all ten slots and the drops hit every read kind.
     anz = await open_device(sim.transport(), protocol=RTU, timeout=0.05, identify=False)
     ok = timeouts = 0
@@ -470,7 +485,7 @@ async def test_thirty_percent_dropped_replies_never_give_a_wrong_value() -> None
                     assert frame.channel(I2).value == f32(0.084)
                     assert frame.channel(I3).status.alarms[i % 4] is True
                 sim.set_alarm(I3, 1 + i % 4, False)
-            stats = anz.statistics()
+            stats = modbus_stats(anz)
     outcomes = [r.outcome for r in sim.requests]
     dropped = outcomes.count(RequestOutcome.DROPPED)
     assert 0.2 < dropped / len(outcomes) < 0.4  # the injected loss rate
@@ -483,6 +498,7 @@ async def test_thirty_percent_dropped_replies_never_give_a_wrong_value() -> None
 
 
 @pytest.mark.parametrize(("framing", "address"), [(RTU, 30), (ASCII, 1)])
+@ASYNCIO_ONLY  # seconds of real calibration phases over a pty; pty I/O on both backends above
 async def test_calibration_pulse_gates_and_phases(framing: ProtocolKind, address: int) -> None:
     async with served(mode=framing, address=address) as (sim, path):
         # Each pass of the status loop below is three transactions (≈ 0.2 s with the 50 ms

@@ -27,7 +27,7 @@ import anyio.abc
 import anyio.from_thread
 import pytest
 
-from helpers import PtyFeeder, served_on_pty, two_block_frame
+from helpers import ASYNCIO_ONLY, PtyFeeder, continuous_stats, served_on_pty, two_block_frame
 from servomexlib.clients.continuous import ContinuousClient
 from servomexlib.devices.factory import open_continuous, open_device
 from servomexlib.devices.models import (
@@ -40,6 +40,7 @@ from servomexlib.errors import ServomexConnectionError, ServomexValidationError
 from servomexlib.settings import SerialSettings
 from servomexlib.sim import Simulator
 from servomexlib.transport import FakeTransport, SerialTransport, TcpTransport
+from servomexlib.transport.timed import TimedReader
 
 pytestmark = pytest.mark.anyio
 
@@ -100,6 +101,7 @@ async def until_backlogged(b: Broadcaster) -> None:
 
 
 @pytest.mark.timeout(90)  # the first run waits for the broadcaster's 30 s
+@ASYNCIO_ONLY  # 30 s of a real pty broadcast; the backends' pty I/O: test_transport_serial.py
 async def test_first_frame_after_a_thirty_second_broadcast_is_fresh(
     old_broadcaster: Broadcaster,
 ) -> None:
@@ -113,7 +115,7 @@ async def test_first_frame_after_a_thirty_second_broadcast_is_fresh(
                 # frame and poll()'s are the first one the receiver reported.
                 first = await anz.poll()
                 first_sample: Sample = await samples.__anext__()
-                stats = anz.statistics()
+                stats = continuous_stats(anz)
         finally:
             b.last_closed = time.monotonic()
     assert_fresh(first, PERIOD)
@@ -146,18 +148,18 @@ async def test_serial_open_discards_what_the_pty_held(pty_pair: tuple[int, str])
     with anyio.fail_after(5):
         t = await SerialTransport.open(SerialSettings(port=path))
         try:
-            assert await t.read_available(idle_timeout=0.2) == b""
+            assert await TimedReader(t).read_available(idle_timeout=0.2) == b""
             os.write(master, b"new\n")
-            assert await t.read_until(b"\n", timeout=2) == b"new\n"
+            assert await TimedReader(t).read_until(b"\n", timeout=2) == b"new\n"
             os.write(master, b"waiting")
             await anyio.sleep(0.05)  # real: the bytes reach the tty's input queue
             assert await t.flush_input() == len(b"waiting")
-            assert await t.read_available(idle_timeout=0.1) == b""
+            assert await TimedReader(t).read_available(idle_timeout=0.1) == b""
             await t.reopen()
             os.write(master, b"x" * 10)
             await anyio.sleep(0.05)
             await t.reopen()  # reopening discards the queue again
-            assert await t.read_available(idle_timeout=0.1) == b""
+            assert await TimedReader(t).read_available(idle_timeout=0.1) == b""
         finally:
             await t.aclose()
 
@@ -176,7 +178,7 @@ async def test_without_the_flush_the_old_bytes_would_be_read(
     with anyio.fail_after(5):
         t = await SerialTransport.open(SerialSettings(port=path))
         try:
-            assert (await t.read_available(idle_timeout=0.2)).startswith(b"old frames")
+            assert (await TimedReader(t).read_available(idle_timeout=0.2)).startswith(b"old frames")
         finally:
             await t.aclose()
 
@@ -192,7 +194,7 @@ async def test_the_receiver_flushes_what_queued_between_open_and_start(
         os.write(master, old)
         await anyio.sleep(0.05)  # real: the bytes reach the tty's input queue
         async with anz:
-            stats = anz.statistics()
+            stats = continuous_stats(anz)
             os.write(master, small_frame(3.0))
             frame = await anz.poll()
     assert frame.channel("I1").value == 3.0
@@ -241,7 +243,7 @@ async def test_tcp_flush_reads_off_what_the_socket_holds() -> None:
                 assert await t.flush_input() == 5000
                 assert await t.flush_input() == 0  # never waits for more
                 cues.live.set()
-                assert await t.read_until(b"\n", timeout=2) == b"fresh\n"
+                assert await TimedReader(t).read_until(b"\n", timeout=2) == b"fresh\n"
             finally:
                 await t.aclose()
         assert t.is_open is False
@@ -260,7 +262,7 @@ async def test_the_receiver_skips_a_device_servers_buffer() -> None:
             async with await open_continuous(transport) as anz:
                 cues.live.set()
                 frame = await anz.poll()
-                stats = anz.statistics()
+                stats = continuous_stats(anz)
     assert frame.channel("I1").value == 99.0
     assert stats.flushed_bytes == len(old)
     assert stats.frames_ok == 1
@@ -281,7 +283,7 @@ async def test_tcp_open_discards_what_is_readable_at_connect() -> None:
             async with await open_continuous(transport) as anz:
                 cues.live.set()
                 frame = await anz.poll()
-                stats = anz.statistics()
+                stats = continuous_stats(anz)
     assert frame.channel("I1").value == 99.0
     assert stats.bytes_received == len(small_frame(99.0))
 
@@ -328,7 +330,7 @@ async def test_a_simulator_line_left_unread_is_not_dumped_as_new() -> None:
         async with anz, anz.stream() as samples:
             first = await anz.poll()
             sample = await samples.__anext__()
-            stats = anz.statistics()
+            stats = continuous_stats(anz)
     assert_fresh(first, period)
     assert sample.monotonic_ns == first.monotonic_ns
     assert stats.stale_lines >= 2.0 / period - 3  # the owed frames, read and refused
@@ -344,7 +346,7 @@ async def test_a_new_simulator_attachment_hears_only_bytes_from_now() -> None:
                 await busy.poll(wait_fresh=True)
             async with await open_continuous(sim.transport(), frame_period=period) as late:
                 first = await late.poll()
-                stats = late.statistics()
+                stats = continuous_stats(late)
     assert_fresh(first, period)
     assert stats.stale_lines <= 1  # at most the tail of the frame on the wire at the attach
 
@@ -375,7 +377,7 @@ async def test_autos_frame_is_dropped_when_the_start_comes_a_period_later() -> N
                 anz.snapshot()
             fake.feed(small_frame(8.0))
             frame = await anz.poll()
-            stats = anz.statistics()
+            stats = continuous_stats(anz)
     assert frame.channel("I1").value == 8.0
     assert stats.stale_lines == 1
 
@@ -393,7 +395,7 @@ async def test_the_tail_of_a_frame_cut_by_the_start_is_not_a_dropped_frame() -> 
             fake.feed(whole[60:])  # the same bytes later on are damage, and reported
             fake.feed(small_frame(5.0))
             later = [await samples.__anext__() for _ in range(3)]
-            stats = anz.statistics()
+            stats = continuous_stats(anz)
     assert [(x.channel, x.value) for x in first] == [(ChannelId.I1, 4.0), (ChannelId.E1, 4.0)]
     assert later[0].error is not None
     assert [(x.channel, x.value) for x in later[1:]] == [(ChannelId.I1, 5.0), (ChannelId.E1, 4.0)]

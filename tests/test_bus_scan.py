@@ -30,12 +30,12 @@ from servomexlib.devices.models import ChannelId, ProtocolKind
 from servomexlib.discovery import (
     DiscoveryResult,
     ScanProgress,
-    _ReplySpotter,
     discover_port,
     format_addresses,
     parse_addresses,
     scan_bus,
 )
+from servomexlib.discovery.line_watcher import ReplySpotter
 from servomexlib.errors import (
     ServomexConnectionError,
     ServomexModbusError,
@@ -280,19 +280,11 @@ async def test_a_late_echo_still_finds_a_slow_analyser(addresses: str) -> None:
     assert seen[(7, 0x04)] == 1  # identified
 
 
-class _RefusesFc04(Simulator):
-    """Answers the probe but refuses the identify read with exception 04 (device failure)."""
-
-    def _answer(self, pdu: bytes, at: float) -> bytes:
-        if pdu[:1] == b"\x04":
-            return bytes((0x84, 0x04))
-        return super()._answer(pdu, at)
-
-
 @pytest.mark.anyio
 async def test_an_analyser_whose_identify_fails_is_reported_with_its_error() -> None:
     good = Simulator(address=1, line_clock=anyio.current_time)
-    broken = _RefusesFc04(address=2, line_clock=anyio.current_time)
+    broken = Simulator(address=2, line_clock=anyio.current_time)
+    broken.refuse(0x04, exception=0x04)  # answers the probe, fails the identify read
     SimLine(good, broken)
     transport = good.transport()
     with anyio.fail_after(600):
@@ -422,7 +414,7 @@ CONTINUOUS_FRAME = WORKED_FRAME  # printable text: never a Modbus reply
 
 
 def spot(chunks: list[bytes]) -> dict[ProtocolKind, set[int]]:
-    spotter = _ReplySpotter()
+    spotter = ReplySpotter()
     for chunk in chunks:
         spotter.feed(chunk)
     return spotter.seen
@@ -458,7 +450,7 @@ def test_the_reply_spotter_ignores_what_is_not_a_reply() -> None:
 
 
 def test_the_reply_spotter_keeps_a_bounded_buffer() -> None:
-    spotter = _ReplySpotter()
+    spotter = ReplySpotter()
     junk = bytes((1, 4, 200)) * 20_000  # every offset starts a long candidate read reply
     for i in range(0, len(junk), 997):
         spotter.feed(junk[i : i + 997])

@@ -45,7 +45,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from helpers import served_on_pty
+from helpers import continuous_stats, served_on_pty
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ProtocolKind, Sample, StreamMode
@@ -331,7 +331,7 @@ async def continuous_stream(tmp: Path) -> AsyncIterator[Scenario]:
                     if got == 6:
                         break
                 arm.at("leaving")
-            assert anz.statistics().subscribers == 0
+            assert continuous_stats(anz).subscribers == 0
 
     yield Scenario(body, _no_listener(sim.line), trials=16)
 

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from cli_helpers import run
+from helpers import ASYNCIO_ONLY
 from servomexlib.cli import build_parser
 from servomexlib.cli.capture import final_line, max_rate_text, run_capture
 from servomexlib.devices.models import ChannelId, ProtocolKind
@@ -139,6 +140,7 @@ def test_the_final_line_reports_what_fell_short() -> None:
 
 
 @pytest.mark.anyio
+@ASYNCIO_ONLY  # real time: the file's wall-clock stamps must show the 5 s hole; one backend
 async def test_an_outage_is_in_the_final_line(
     anyio_backend: str,
     capsys: pytest.CaptureFixture[str],

@@ -246,7 +246,12 @@ def test_error_wording_speaks_cli() -> None:
 
 def test_every_subcommand_takes_verbose() -> None:
     parser = build_parser()
-    needs: dict[str, list[str]] = {"capture": ["--out", "x.csv"], "plot": ["x.csv"]}
+    needs: dict[str, list[str]] = {
+        "capture": ["--out", "x.csv"],
+        "plot": ["x.csv"],
+        "config": ["check", "plant.toml"],
+        "run": ["plant.toml"],
+    }
     for name in SUBCOMMANDS:
         if name == "diag":
             continue

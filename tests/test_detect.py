@@ -1,4 +1,10 @@
-"""AUTO detection (protocol.md §8): RTU, ASCII and continuous told apart; nothing → error."""
+"""AUTO detection (protocol.md §8): RTU, ASCII and continuous told apart; nothing → error.
+
+The tests over a FakeTransport or an in-process simulator are marked ``virtual_time``
+(tests/conftest.py): AUTO's probe and listen windows run on the loop's clock, so their bounds
+are checked on that clock, exactly, at no wall-time cost. The pty and pymodbus (TCP, a thread)
+tests run on real time; the long AUTO-over-a-pty ones on asyncio only.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,13 @@ from anymodbus.framing import get_framer
 from anymodbus.pdu import encode_exception_response
 
 from _modbus_server import ModbusTestServer
-from helpers import PtyFeeder, served_on_pty
+from helpers import ASYNCIO_ONLY, PtyFeeder, served_on_pty
 from servomexlib.clients.detect import detect_protocol
 from servomexlib.devices.models import ProtocolKind
 from servomexlib.errors import ServomexConnectionError, ServomexValidationError
 from servomexlib.transport.fake import FakeTransport
 from servomexlib.transport.tcp import TcpTransport
+from servomexlib.transport.timed import TimedReader
 from servomexlib.wire.continuous import split_frames
 
 pytestmark = pytest.mark.anyio
@@ -59,6 +66,7 @@ async def test_detects_modbus_against_pymodbus(
         )
 
 
+@pytest.mark.virtual_time
 async def test_rtu_exception_reply_counts() -> None:
     fake = FakeTransport(
         {
@@ -72,6 +80,7 @@ async def test_rtu_exception_reply_counts() -> None:
     assert fake.writes == [RTU_PROBE]
 
 
+@pytest.mark.virtual_time
 async def test_ascii_after_rtu_fails() -> None:
     fake = FakeTransport({ASCII_PROBE: ASCII_PROBE})
     fake.pushback(b"parked bytes")
@@ -80,6 +89,7 @@ async def test_ascii_after_rtu_fails() -> None:
     assert fake.writes == [RTU_PROBE] * 6 + [ASCII_PROBE]
 
 
+@pytest.mark.virtual_time
 async def test_continuous_frame_is_pushed_back(data_dir: Path) -> None:
     capture = (data_dir / "continuous_4100_idle_5ch.bin").read_bytes()
     frames = [f + b"\n" for f in split_frames(capture)]
@@ -92,7 +102,7 @@ async def test_continuous_frame_is_pushed_back(data_dir: Path) -> None:
             await anyio.sleep(0.3)
             fake.feed(frame)
 
-    started = time.monotonic()
+    started = anyio.current_time()
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             tg.start_soon(broadcast)
@@ -100,17 +110,18 @@ async def test_continuous_frame_is_pushed_back(data_dir: Path) -> None:
                 fake, listen_timeout=0.5, frame_period=1.0, probe_timeout=0.1
             )
             # The recognised frame comes back first, whole, terminator included.
-            head = await fake.read_until(b"\n", timeout=1)
+            head = await TimedReader(fake).read_until(b"\n", timeout=1)
             tg.cancel_scope.cancel()
     assert found is ProtocolKind.CONTINUOUS_ASCII
     assert head in frames[1:]
-    assert time.monotonic() - started < 2 * 1.0 + 3
+    assert anyio.current_time() - started < 2 * 1.0 + 3
     # The Modbus probes went first; the frame that arrived while the RTU probe ran ended the
     # ladder at once (the probes' bytes are sniffed), so no ASCII probe was needed.
     assert fake.writes
     assert set(fake.writes) == {RTU_PROBE}
 
 
+@pytest.mark.virtual_time
 async def test_frame_period_widens_the_listen_window(data_dir: Path) -> None:
     capture = (data_dir / "continuous_4100_idle_5ch.bin").read_bytes()
     frame = split_frames(capture)[0] + b"\r\n"
@@ -130,12 +141,13 @@ async def test_frame_period_widens_the_listen_window(data_dir: Path) -> None:
     assert fake.pending == len(frame)
 
 
+@pytest.mark.virtual_time
 async def test_silent_line_raises_connection_error() -> None:
     fake = FakeTransport(label="fake://silent")
-    started = time.monotonic()
+    started = anyio.current_time()
     with anyio.fail_after(20), pytest.raises(ServomexConnectionError) as info:
         await detect_protocol(fake, address=30, listen_timeout=0.3, probe_timeout=0.1)
-    elapsed = time.monotonic() - started
+    elapsed = anyio.current_time() - started
     assert elapsed < 2 * 2 * 3 * (0.1 + 0.11) + 0.3 + 1.0
     err = info.value
     assert str(err).startswith("no recognised protocol on fake://silent")
@@ -145,6 +157,7 @@ async def test_silent_line_raises_connection_error() -> None:
     assert fake.is_open  # AUTO never closes the transport
 
 
+@pytest.mark.virtual_time
 async def test_garbage_is_not_a_frame() -> None:
     fake = FakeTransport()
     fake.feed(b" not a frame;\n:0102\r\n" + b"\x00\xff" * 50 + b"\n")
@@ -179,6 +192,7 @@ async def test_validation_before_io(kwargs: dict[str, float]) -> None:
         ("continuous", ProtocolKind.CONTINUOUS_ASCII),
     ],
 )
+@pytest.mark.virtual_time  # the in-process line follows the loop's clock
 async def test_detects_each_simulator_mode(mode: str, expected: ProtocolKind) -> None:
     sim = pytest.importorskip("servomexlib.sim")
     from servomexlib.transport.sim import SimTransport
@@ -186,16 +200,16 @@ async def test_detects_each_simulator_mode(mode: str, expected: ProtocolKind) ->
     url = f"sim://?mode={mode}&address=30&period=0.5"
     conn = sim.connect_url(url)
     transport = SimTransport(conn.stream, label=url, serial_settings=conn.serial_settings)
-    started = time.monotonic()
+    started = anyio.current_time()
     try:
         with anyio.fail_after(20):
             found = await detect_protocol(
                 transport, address=30, probe_timeout=0.2, listen_timeout=0.5, frame_period=0.5
             )
             assert found is expected
-            assert time.monotonic() - started < 2 * 0.5 + 3 + 2  # ladder bound + probe time
+            assert anyio.current_time() - started < 2 * 0.5 + 3 + 2  # ladder bound + probe time
             if expected is ProtocolKind.CONTINUOUS_ASCII:
-                frame = await transport.read_until(b"\n", timeout=2)
+                frame = await TimedReader(transport).read_until(b"\n", timeout=2)
                 assert frame.startswith(b" ")
                 assert split_frames(frame) == [frame.rstrip(b"\r\n")]
     finally:
@@ -213,6 +227,7 @@ async def test_detects_each_simulator_mode(mode: str, expected: ProtocolKind) ->
         (ProtocolKind.CONTINUOUS_ASCII, 1),
     ],
 )
+@ASYNCIO_ONLY  # seconds of real probing over a pty; pty I/O on both: test_transport_serial.py
 async def test_open_device_auto_over_a_pty_within_the_bound(
     mode: ProtocolKind, address: int
 ) -> None:
@@ -267,7 +282,7 @@ async def test_continuous_found_during_the_probes_not_after_them() -> None:
             with anyio.fail_after(20):
                 found = await detect_protocol(transport)  # library defaults
                 elapsed = time.monotonic() - started
-                head = await transport.read_until(b"\n", timeout=2)
+                head = await TimedReader(transport).read_until(b"\n", timeout=2)
         finally:
             await transport.aclose()
     assert found is ProtocolKind.CONTINUOUS_ASCII

@@ -14,6 +14,7 @@ import pytest
 from anymodbus.crc import crc16_modbus_bytes
 from anyserial.exceptions import UnsupportedPlatformError
 
+from helpers import ASYNCIO_ONLY
 from servomexlib.devices.models import ChannelId, ProtocolKind
 from servomexlib.discovery import (
     DiscoveryResult,
@@ -32,6 +33,7 @@ from servomexlib.settings import SerialSettings
 from servomexlib.sim import Simulator
 from servomexlib.transport.listing import SerialPortInfo, list_serial_ports
 from servomexlib.transport.serial import SerialTransport
+from servomexlib.transport.timed import TimedReader
 from servomexlib.units import Unit
 
 pytestmark = pytest.mark.anyio
@@ -56,6 +58,7 @@ async def assert_released(path: str) -> None:
     await transport.aclose()
 
 
+@ASYNCIO_ONLY  # ~12 s of real probing over four ptys; pty I/O on both: test_transport_serial.py
 async def test_find_devices_in_all_three_modes_and_a_silent_pty() -> None:
     async with (
         Simulator(mode="modbus_rtu", address=30) as rtu,
@@ -128,7 +131,7 @@ async def test_a_borrowed_transport_is_left_open() -> None:
         request += crc16_modbus_bytes(request)
         await transport.send(request)
         with anyio.fail_after(5):
-            assert await transport.read_exact(len(request), timeout=2) == request
+            assert await TimedReader(transport).read_exact(len(request), timeout=2) == request
     finally:
         await transport.aclose()
 
@@ -145,23 +148,15 @@ async def test_a_borrowed_continuous_transport_is_left_open() -> None:
             assert [c.channel for c in result.info.channels] == CHANNELS
             assert transport.is_open
             # The receiver stopped with discovery: the caller reads the line itself again.
-            line = await transport.read_until(b"\n", timeout=2)
+            line = await TimedReader(transport).read_until(b"\n", timeout=2)
         assert line.endswith(b"\n")
     finally:
         await transport.aclose()
 
 
-class _BrokenFc04(Simulator):
-    """Answers FC08 normally but refuses FC04 with exception 04 (device failure)."""
-
-    def _answer(self, pdu: bytes, at: float) -> bytes:
-        if pdu[:1] == b"\x04":
-            return bytes((0x84, 0x04))
-        return super()._answer(pdu, at)
-
-
 async def test_identify_failure_keeps_the_protocol_and_stores_the_error() -> None:
-    sim = _BrokenFc04(mode="modbus_rtu", realtime=False)
+    sim = Simulator(mode="modbus_rtu", realtime=False)
+    sim.refuse(0x04, exception=0x04)  # FC08 answered, FC04 fails (device failure)
     transport = sim.transport()
     try:
         with anyio.fail_after(20):

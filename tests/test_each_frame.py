@@ -3,11 +3,14 @@
 Polling a continuous analyser is sample-and-hold (api.md §7): at 1 Hz over a 2 s broadcast every
 frame is written twice. ``each_frame=True`` follows the client's frame subscription instead: one
 batch per broadcast frame, as it arrives, none twice, none skipped.
+
+Every test runs on virtual time (tests/_virtual_time.py): the simulators run their line on the
+event loop's clock (``line_clock=anyio.current_time``) and the recorder's schedule is on the
+same clock, so a ten-second broadcast costs no wall time and its frame times are exact.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -16,7 +19,8 @@ import anyio.abc
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from helpers import two_block_frame
+from _virtual_time import virtual_anyio_backend as anyio_backend
+from helpers import continuous_stats, two_block_frame
 from servomexlib.decode import decode_frame
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_continuous, open_device
@@ -33,6 +37,7 @@ from servomexlib.streaming.recorder import Recording, record
 from servomexlib.transport import FakeTransport
 
 pytestmark = pytest.mark.anyio
+__all__ = ["anyio_backend"]
 
 
 def frame(o2: float) -> bytes:
@@ -74,7 +79,12 @@ async def test_every_broadcast_frame_once_over_ten_seconds() -> None:
     """Issue 11 item 2, as stated: a 0.5 s broadcast recorded for 10 s, compared with the
     simulator's own list of the frames it put on the line."""
     period, duration = 0.5, 10.0
-    sim = Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=period, seed=3)
+    sim = Simulator(
+        mode=ProtocolKind.CONTINUOUS_ASCII,
+        frame_period=period,
+        seed=3,
+        line_clock=anyio.current_time,
+    )
     sim.drift("I1", rate_per_s=0.01)  # +0.005 per frame: every frame carries its own I1 value
     sent: list[tuple[float, bytes]] = []  # (line time the frame's last byte is out, frame)
     line = sim.line
@@ -89,7 +99,7 @@ async def test_every_broadcast_frame_once_over_ten_seconds() -> None:
     with anyio.fail_after(25):
         async with await open_continuous(sim.transport(), device="stack") as anz:
             await anz.poll()  # the broadcast is running
-            began = time.monotonic()  # the simulator's line clock
+            began = anyio.current_time()  # the simulator's line clock
             async with record(anz, rate_hz=1.0, duration=duration, each_frame=True) as rec:
                 batches = await collect(rec)
     s = rec.summary
@@ -135,7 +145,12 @@ async def test_every_broadcast_frame_once_over_ten_seconds() -> None:
 async def test_polling_a_broadcaster_is_sample_and_hold() -> None:
     # The contrast that shows the test above can fail: without each_frame, ticks faster than
     # the broadcast re-read the same frame (the documented default, api.md §7).
-    sim = Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=0.5, seed=3)
+    sim = Simulator(
+        mode=ProtocolKind.CONTINUOUS_ASCII,
+        frame_period=0.5,
+        seed=3,
+        line_clock=anyio.current_time,
+    )
     with anyio.fail_after(10):
         async with await open_continuous(sim.transport()) as anz:
             await anz.poll()
@@ -188,7 +203,7 @@ async def test_duration_is_wall_time_and_later_frames_are_left_out() -> None:
             async with record(anz, rate_hz=1.0, duration=0.3, each_frame=True) as rec:
                 fake.feed(frame(1.0))
                 batches = [await rec.stream.__anext__()]
-                await anyio.sleep(0.4)  # past the end of the recording (real time: wall clock)
+                await anyio.sleep(0.4)  # past the end of the recording
                 fake.feed(frame(2.0))
                 batches += await collect(rec)
             ended = anyio.current_time()
@@ -249,7 +264,9 @@ async def test_overflow_policies_apply_to_frame_batches() -> None:
 
 
 async def test_only_a_continuous_analyser_can_be_followed() -> None:
-    modbus_sim = Simulator(mode=ProtocolKind.MODBUS_RTU, realtime=False)
+    modbus_sim = Simulator(
+        mode=ProtocolKind.MODBUS_RTU, realtime=False, line_clock=anyio.current_time
+    )
     anz = await open_device(modbus_sim.transport(), protocol="modbus_rtu", identify=False)
     try:
         with pytest.raises(ValueError, match="continuous Analyzer"):
@@ -332,7 +349,8 @@ async def test_auto_reconnect_subscribes_to_the_rebuilt_source() -> None:
                 # The factory runs after the 0.5 s backoff; the recorder then subscribes.
                 # Polled: nothing signals "subscribed" to an outsider.
                 while (  # noqa: ASYNC110
-                    len(holder.analyzers) < 2 or not holder.analyzers[1].statistics().subscribers
+                    len(holder.analyzers) < 2
+                    or not continuous_stats(holder.analyzers[1]).subscribers
                 ):
                     await anyio.sleep(0.01)
                 holder.fakes[1].feed(frame(2.0))

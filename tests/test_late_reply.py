@@ -20,10 +20,11 @@ import pytest
 from anymodbus.pdu import encode_exception_response, encode_read_input_registers_response
 
 from _virtual_time import virtual_anyio_backend
-from servomexlib.clients.modbus import ModbusClient, ModbusLine, ModbusStatistics, _FenceMatcher
+from servomexlib.clients.modbus import ModbusClient, ModbusLine, ModbusStatistics
+from servomexlib.clients.modbus_fence import FenceMatcher
 from servomexlib.devices.models import ChannelId, ProtocolKind, Reading
 from servomexlib.errors import ServomexError, ServomexTimeoutError
-from servomexlib.sim import RequestOutcome, SimLine, Simulator
+from servomexlib.sim import ModbusRequest, RequestOutcome, SimLine, Simulator
 from servomexlib.sim.model import ascii_adu, rtu_adu
 
 pytestmark = pytest.mark.anyio
@@ -253,18 +254,10 @@ async def test_new_poll_with_the_same_adu_is_fenced() -> None:
     assert client.statistics().fences == 1
 
 
-class NoDiagnostics(Simulator):
-    """Firmware without FC08: exception 01 to every diagnostics request."""
-
-    def _answer(self, pdu: bytes, at: float) -> bytes:
-        if pdu[:1] == b"\x08":
-            return encode_exception_response(0x08, 0x01)
-        return super()._answer(pdu, at)
-
-
 @pytest.mark.parametrize("framing", [RTU, ASCII])
 async def test_exception_reply_to_the_fence_completes_it(framing: ProtocolKind) -> None:
-    sim = NoDiagnostics(mode=framing, latency_s=0.02, line_clock=anyio.current_time)
+    sim = Simulator(mode=framing, latency_s=0.02, line_clock=anyio.current_time)
+    sim.refuse(0x08)  # firmware without FC08: exception 01 to every diagnostics request
     sim.set_value(I2, I2_VALUE)
     client = ModbusClient(sim.transport(), framing=framing, timeout=TIMEOUT)
     with anyio.fail_after(60):
@@ -318,14 +311,11 @@ async def test_early_stale_reply_is_rejected_and_the_read_retried() -> None:
         assert floor is not None
         assert floor > 0.020  # 8 request characters + 20 ms, measured on the line
 
-        original = sim._on_request
-
-        def inject_first(request: Any, lost: bool, now: float) -> None:
-            sim._on_request = original  # type: ignore[method-assign]
+        def inject_first(request: ModbusRequest) -> None:
+            remove()  # once
             sim.inject(stale)  # on the wire at once, ahead of the real reply
-            original(request, lost, now)
 
-        sim._on_request = inject_first  # type: ignore[method-assign]
+        remove = sim.on_request(inject_first)
         reading = await client.read_channel(I2)
     assert reading.value == I2_VALUE
     stats = client.statistics()
@@ -425,7 +415,7 @@ async def test_fence_holds_across_addresses_and_a_dead_slave_does_not_stall_the_
 # -- the fence matcher (pure) -------------------------------------------------------------
 
 
-def feed_all(matcher: _FenceMatcher, data: bytes, *, bytewise: bool) -> bool:
+def feed_all(matcher: FenceMatcher, data: bytes, *, bytewise: bool) -> bool:
     chunks = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
     done = False
     for n, chunk in enumerate(chunks):
@@ -444,7 +434,7 @@ def test_matcher_finds_the_reply_behind_stale_bytes(framing: ProtocolKind, bytew
     stale = build(1, encode_read_input_registers_response([1, 2, 3, 4, 5, 6, 7]))
     garbage = b"\x00\xff" * 300  # more than the matcher keeps
     data = garbage + stale + old_echo + request + b"\x01"
-    matcher = _FenceMatcher(framing, 1, request)
+    matcher = FenceMatcher(framing, 1, request)
     assert feed_all(matcher, data, bytewise=bytewise)
     assert matcher.echo
     assert matcher.received - matcher.stale == len(request)
@@ -461,7 +451,7 @@ def test_matcher_accepts_an_exception_reply_with_a_valid_checksum_only(
     broken = bytearray(exception)
     broken[-3 if framing is ASCII else -1] ^= 0x01
     other_slave = build(8, encode_exception_response(0x08, 0x01))
-    matcher = _FenceMatcher(framing, 7, request)
+    matcher = FenceMatcher(framing, 7, request)
     assert not matcher.feed(bytes(broken) + other_slave, 0.0)
     assert matcher.feed(exception, 1.0)
     assert not matcher.echo
@@ -471,7 +461,7 @@ def test_matcher_accepts_an_exception_reply_with_a_valid_checksum_only(
 
 def test_matcher_ignores_a_partial_echo() -> None:
     request = rtu_adu(1, b"\x08\x00\x00\xbe\xef")
-    matcher = _FenceMatcher(RTU, 1, request)
+    matcher = FenceMatcher(RTU, 1, request)
     assert not matcher.feed(request[:-1], 0.0)
     assert not matcher.feed(b"\x00", 0.1)  # the wrong last byte: still no reply
     assert not matcher.feed(request[:4], 0.2)

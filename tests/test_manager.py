@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from helpers import served_on_pty
+from helpers import ASYNCIO_ONLY, served_on_pty
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ErrorPolicy, Frame, ProtocolKind
@@ -92,7 +92,12 @@ def test_device_result() -> None:
 # ---------------------------------------------------------------------------- multidrop over ptys
 
 
+# The long pty tests below run on asyncio only (helpers.ASYNCIO_ONLY: seconds of real line time;
+# the backends' pty I/O is covered on both in test_transport_serial.py).
+
+
 @pytest.mark.timeout(60)
+@ASYNCIO_ONLY
 async def test_four_analysers_on_one_pty() -> None:
     with anyio.fail_after(45):
         async with served_lines([[1, 2, 3, 4]]) as served, ServomexManager() as mgr:
@@ -121,6 +126,7 @@ async def test_four_analysers_on_one_pty() -> None:
 
 
 @pytest.mark.timeout(90)
+@ASYNCIO_ONLY
 async def test_two_analysers_on_each_of_four_ptys_run_concurrently() -> None:
     with anyio.fail_after(80):
         async with served_lines([[1, 2], [3, 4], [5, 6], [7, 8]]) as served:
@@ -152,6 +158,7 @@ async def test_two_analysers_on_each_of_four_ptys_run_concurrently() -> None:
 
 
 @pytest.mark.timeout(60)
+@ASYNCIO_ONLY
 async def test_muted_analyser_policies() -> None:
     with anyio.fail_after(45):
         async with served_lines([[1, 2], [3]]) as served:
@@ -270,6 +277,7 @@ async def test_prebuilt_analyzer_and_transport_sources_are_not_closed() -> None:
     await transport.aclose()
 
 
+@pytest.mark.virtual_time  # in-process sim://: the recorder and the line on the loop's clock
 async def test_manager_is_a_poll_source_for_record() -> None:
     from servomexlib.streaming.recorder import record
 

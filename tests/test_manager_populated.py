@@ -8,6 +8,8 @@ analyser's cycle and is retried on the next one, never replaced by a sweep of al
 
 The wire-level witness is the mock slave's read log (``read_ops``) and the simulator's request
 log; the row-level witness is what ``record()`` → ``pipe()`` stores in an ``InMemorySink``.
+The async tests over in-process transports run on virtual time (``virtual_time``,
+tests/conftest.py); the sync facade's run in a portal thread on real time.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def check_wire(slave: MockSlave, sweeps: int) -> None:
 # ---------------------------------------------------------------------------- async manager
 
 
+@pytest.mark.virtual_time
 async def test_manager_polls_only_populated_slots() -> None:
     with anyio.fail_after(20):
         async with two_banks() as ((t_left, s_left), (t_right, s_right)), ServomexManager() as mgr:
@@ -128,13 +131,14 @@ async def test_manager_polls_only_populated_slots() -> None:
             check_wire(s_right, sweeps=2)
 
 
+@pytest.mark.virtual_time
 async def test_manager_record_pipe_stores_only_populated_rows() -> None:
     with anyio.fail_after(30):
         async with two_banks() as ((t_left, s_left), (t_right, s_right)), ServomexManager() as mgr:
             await mgr.add("left", t_left, address=1)
             await mgr.add("right", t_right, address=7)
             sink = InMemorySink()
-            # Real time: the recorder runs on anyio's clock; 3 ticks at 2 Hz.
+            # The recorder runs on anyio's clock (virtual here); 3 ticks at 2 Hz.
             async with sink, record(mgr, rate_hz=2, duration=1.5) as rec:
                 written = await pipe(rec.stream, sink, batch_size=1)
     emitted = rec.summary.samples_emitted
@@ -150,6 +154,7 @@ async def test_manager_record_pipe_stores_only_populated_rows() -> None:
     check_wire(s_right, sweeps=emitted)
 
 
+@pytest.mark.virtual_time
 async def test_failed_identify_fails_the_cycle_and_is_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -768,6 +768,7 @@ def sim_client(url: str, framing: ProtocolKind, address: int = 1) -> tuple[Modbu
 
 
 @pytest.mark.parametrize(("framing", "address"), MODES)
+@pytest.mark.virtual_time  # in-process: the line's silences on the loop's (virtual) clock
 async def test_against_simulator(framing: ProtocolKind, address: int) -> None:
     url = f"sim://?mode={framing.value}&address={address}&realtime=0"
     client, line = sim_client(url, framing, address)
@@ -793,6 +794,7 @@ async def test_against_simulator(framing: ProtocolKind, address: int) -> None:
         await client.aclose()
 
 
+@pytest.mark.virtual_time  # in-process: the line's silences on the loop's (virtual) clock
 async def test_simulator_rejecting_gaps_is_learned_once() -> None:
     url = "sim://?mode=modbus_rtu&reject_gaps=1&realtime=0"
     client, line = sim_client(url, RTU)

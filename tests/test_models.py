@@ -470,7 +470,7 @@ def test_reading_as_dict_and_format_of_an_over_range_reading() -> None:
 def test_fast_reading_builder_equals_the_constructor() -> None:
     public = reading(ChannelId.I2, None, value_state=ValueState.OVER_RANGE)
     fields = [getattr(public, f.name) for f in dataclasses.fields(Reading)]
-    built = models._build_reading(*fields)
+    built = models.build_reading(*fields)
     assert built == public
     assert type(built) is Reading
     assert built.value_state is ValueState.OVER_RANGE

@@ -16,6 +16,7 @@ from servomexlib.transport import (
     parse_port,
     resolve_transport,
 )
+from servomexlib.transport.timed import TimedReader
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ async def test_resolve_sim_url() -> None:
             assert t.label == url
             assert t.serial_settings is not None
             assert t.serial_settings.baudrate == 9600  # the simulator's line, not the argument
-            data = await t.read_until(b"\n", timeout=2)
+            data = await TimedReader(t).read_until(b"\n", timeout=2)
             assert data.startswith(b" ")
             assert data.endswith(b";\r\n")
         finally:
@@ -156,3 +157,70 @@ async def test_resolve_sim_url() -> None:
 async def test_bad_sim_url_is_a_validation_error() -> None:
     with pytest.raises(ServomexValidationError):
         await resolve_transport("sim://?colour=blue")
+
+
+@pytest.mark.anyio
+async def test_a_registered_scheme_is_parsed_and_opened_by_its_opener() -> None:
+    from servomexlib.transport import register_scheme
+    from servomexlib.transport.schemes import registered_schemes, unregister_scheme
+
+    calls: list[tuple[str, SerialSettings | None]] = []
+
+    async def open_loop(url: str, settings: SerialSettings | None) -> FakeTransport:
+        calls.append((url, settings))
+        return FakeTransport(label=url)
+
+    with pytest.raises(ServomexValidationError, match="unsupported port scheme 'loop'"):
+        parse_port("loop://bench")
+    register_scheme("LOOP", open_loop)
+    try:
+        assert "loop" in registered_schemes()
+        spec = parse_port("Loop://bench?x=1")
+        assert (spec.kind, spec.scheme) == (PortKind.REGISTERED, "loop")
+        settings = SerialSettings(port="ignored", baudrate=9600)
+        with anyio.fail_after(2):
+            t = await resolve_transport("loop://bench?x=1", settings)
+        assert isinstance(t, FakeTransport)
+        assert t.label == "loop://bench?x=1"
+        assert calls == [("loop://bench?x=1", settings)]  # the settings are passed as given
+        # The refusal of an unknown scheme now names the registered one too.
+        with pytest.raises(ServomexValidationError, match=r"loop://…"):
+            parse_port("ftp://x")
+    finally:
+        unregister_scheme("loop")
+    with pytest.raises(ServomexValidationError, match="unsupported port scheme 'loop'"):
+        await resolve_transport("loop://bench")
+    assert calls == [("loop://bench?x=1", settings)]  # nothing opened after unregistering
+
+
+def test_register_scheme_refuses_bad_names_builtins_and_non_callables() -> None:
+    from servomexlib.transport import register_scheme
+
+    async def opener(url: str, settings: SerialSettings | None) -> FakeTransport:
+        return FakeTransport(label=url)
+
+    for bad in ("", "1abc", "a b", "sim://", 5):
+        with pytest.raises(ServomexValidationError, match="port scheme"):
+            register_scheme(bad, opener)  # type: ignore[arg-type]
+    with pytest.raises(ServomexValidationError, match="built in"):
+        register_scheme("tcp", opener)
+    with pytest.raises(ServomexValidationError, match="callable"):
+        register_scheme("ok", "not a function")  # type: ignore[arg-type]
+
+
+def test_the_transport_layer_does_not_import_the_simulator() -> None:
+    """``sim://`` is registered by the package root; parsing it loads no simulator code, and
+    neither does importing the transport layer or the package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, servomexlib.transport.ports as p\n"
+        "assert p.parse_port('sim://x?mode=continuous').kind is p.PortKind.SIM\n"
+        "print(sorted(m for m in sys.modules if m.startswith('servomexlib.sim')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

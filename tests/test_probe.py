@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import pytest
-from anymodbus.pdu import encode_exception_response
 
 from _virtual_time import virtual_anyio_backend as anyio_backend
 from servomexlib.clients.modbus import ModbusClient, ModbusLine
@@ -101,13 +100,8 @@ async def test_a_late_echo_is_discarded_and_the_next_read_is_correct() -> None:
 
 
 async def test_an_exception_reply_counts_as_an_answer() -> None:
-    class NoDiagnostics(Simulator):
-        def _answer(self, pdu: bytes, at: float) -> bytes:
-            if pdu[:1] == b"\x08":
-                return encode_exception_response(0x08, 0x01)
-            return super()._answer(pdu, at)
-
-    sim = NoDiagnostics(latency_s=TURNAROUND, line_clock=anyio.current_time)
+    sim = Simulator(latency_s=TURNAROUND, line_clock=anyio.current_time)
+    sim.refuse(0x08)  # firmware without FC08: exception 01
     client = ModbusClient(sim.transport(), framing=RTU)
     with anyio.fail_after(10):
         reply_time = await client.probe()

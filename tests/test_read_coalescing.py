@@ -257,7 +257,7 @@ def test_both_clocks_respect_the_previous_read_when_they_were_read_apart(
     # The wall clock and the monotonic clock of a read are taken a moment apart; a pause in
     # between (a busy machine) makes one interval longer than the other. Neither stamp may go
     # before the previous read's: the shorter interval bounds the correction of both.
-    import servomexlib.clients.continuous as module
+    import servomexlib.clients.continuous_receiver as module
 
     wall0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     reads = iter([(wall0, 5_000_000_000), (wall0 + timedelta(milliseconds=5), 5_008_000_000)])

@@ -8,7 +8,9 @@ with ``auto_reconnect`` must absorb the loss, rebuild its source through ``recon
 
 One outage is one disconnect (issue 11 item 9), however many reopen attempts it takes, and
 ``summary.outage_s`` says how long it lasted. These tests run in real time: the outage is made
-of real seconds on both sides (the simulator's line and the recorder's backoff).
+of real seconds on both sides (the simulator's line and the recorder's backoff), so they run on
+one backend (asyncio: the backends' own pty I/O is covered on both in test_transport_serial.py).
+The in-process five-second outage runs on virtual time, on both backends.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from helpers import served_on_pty
+from helpers import ASYNCIO_ONLY, served_on_pty
 from servomexlib.devices.analyzer import Analyzer
 from servomexlib.devices.factory import open_device
 from servomexlib.devices.models import ChannelId, ProtocolKind, Sample
@@ -178,6 +180,7 @@ def check_outage_absorbed(
     assert OUTAGE_S - detect_s <= summary.outage_s <= OUTAGE_S + BACKOFF_STEPS_S[2] + 1.0
 
 
+@ASYNCIO_ONLY  # real seconds over a pty (module docstring)
 async def test_modbus_recording_survives_a_vanished_pty() -> None:
     rate_hz, duration = 2.0, 8.0
     sim = Simulator(mode=ProtocolKind.MODBUS_RTU, address=30)
@@ -207,6 +210,7 @@ async def test_modbus_recording_survives_a_vanished_pty() -> None:
         assert batch[0].latency_s is not None
 
 
+@ASYNCIO_ONLY  # real seconds over a pty (module docstring)
 async def test_continuous_recording_survives_a_vanished_pty() -> None:
     rate_hz, duration = 4.0, 7.0
     sim = Simulator(mode=ProtocolKind.CONTINUOUS_ASCII, frame_period=0.25)
@@ -232,6 +236,7 @@ async def test_continuous_recording_survives_a_vanished_pty() -> None:
     assert all(b[0].value == pytest.approx(20.378, abs=1e-6) for b in batches)
 
 
+@ASYNCIO_ONLY  # real seconds over a pty (module docstring)
 async def test_each_frame_recording_survives_a_vanished_pty() -> None:
     """record(each_frame=True) over a broadcaster that vanishes for 3 s: the frame stream ends,
     the recording reconnects once and subscribes to the reopened port; every frame it hands over
@@ -289,6 +294,7 @@ class TimedSource:
         return batch
 
 
+@pytest.mark.virtual_time  # in-process: the line, the backoff and the outage on the loop's clock
 async def test_a_five_second_outage_is_one_disconnect_and_five_seconds() -> None:
     """Issue 11 item 9: an in-process Modbus simulator vanishes for 5 s during a 2 Hz recording.
 
@@ -297,7 +303,7 @@ async def test_a_five_second_outage_is_one_disconnect_and_five_seconds() -> None
     fall 0.5, 1.5, 3.5 and 8.5 s after the first error), and every slot is accounted for.
     """
     rate_hz, duration, gone_at, outage_s = 2.0, 12.0, 1.5, 5.0
-    sim = Simulator(mode=ProtocolKind.MODBUS_RTU, realtime=False)
+    sim = Simulator(mode=ProtocolKind.MODBUS_RTU, realtime=False, line_clock=anyio.current_time)
     opened: list[TimedSource] = []
     reopens = 0
 

@@ -1,4 +1,9 @@
-"""record(): absolute schedule, skipped slots, overflow policies, errors and reconnects."""
+"""record(): absolute schedule, skipped slots, overflow policies, errors and reconnects.
+
+Every test runs on virtual time (tests/_virtual_time.py: trio's ``MockClock`` and asyncio's
+``VirtualTimeLoop``): the recorder schedules on ``anyio.current_time()``, the sources here sleep
+with ``anyio.sleep``, so a ten-second schedule costs no wall time and its slots are exact.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from _virtual_time import virtual_anyio_backend as anyio_backend
 from servomexlib.devices.models import OverflowPolicy, ProtocolKind, Sample
 from servomexlib.errors import ServomexConnectionError, ServomexTimeoutError
 from servomexlib.streaming.recorder import (
@@ -22,6 +28,7 @@ from servomexlib.streaming.recorder import (
 )
 
 pytestmark = pytest.mark.anyio
+__all__ = ["anyio_backend"]
 
 
 class CountingSource:
@@ -318,6 +325,9 @@ async def test_connection_error_without_reconnect_propagates_bare() -> None:
 
 async def test_auto_reconnect_with_factory_resumes() -> None:
     broken = FailingSource(ServomexConnectionError("port vanished"), {2})
+    # Its polls take 1 ms, as a real one does: on virtual time a zero-length poll would put the
+    # retry exactly on a slot boundary (0.1 + 0.5 s), where float rounding picks the slot.
+    broken.delay = 0.001
     fresh = CountingSource()
     rebuilt = 0
 
@@ -438,7 +448,7 @@ async def test_outage_s_is_updated_while_the_outage_lasts() -> None:
     source = WindowSource([(0.1, 1e9)])
     with anyio.fail_after(15):
         async with record(source, rate_hz=10, duration=2.5, auto_reconnect=True) as rec:
-            await anyio.sleep(1.0)  # real: inside the outage, after the first retry
+            await anyio.sleep(1.0)  # inside the outage, after the first retry
             during = (rec.summary.disconnects, rec.summary.outage_s)
             await collect(rec.stream)
     assert during[0] == 1

@@ -23,9 +23,9 @@ from typing import Any
 import anyio
 import pytest
 
-from helpers import two_block_frame
+from helpers import continuous_stats, two_block_frame
 from servomexlib.cli.common import connection_lost
-from servomexlib.clients import continuous
+from servomexlib.clients import continuous_receiver
 from servomexlib.clients.continuous import ContinuousClient, FrameRejection
 from servomexlib.clients.queue import LatestQueue
 from servomexlib.devices.analyzer import Analyzer
@@ -172,7 +172,7 @@ async def test_a_waiting_reader_sees_a_connection_error_caused_by_the_bug(
             raise RuntimeError("parser bug")
         return real_parse(segment, **kw)
 
-    monkeypatch.setattr(continuous, "parse_frame", parse_then_fail)
+    monkeypatch.setattr(continuous_receiver, "parse_frame", parse_then_fail)
     fake = FakeTransport()
     client = ContinuousClient(fake)
     anz = Analyzer(client)
@@ -219,7 +219,7 @@ async def test_a_bug_ends_every_subscription_and_is_not_a_frame_error(
     def broken(segment: bytes, **kw: Any) -> Frame:
         raise KeyError("parser bug")
 
-    monkeypatch.setattr(continuous, "parse_frame", broken)
+    monkeypatch.setattr(continuous_receiver, "parse_frame", broken)
     fake = FakeTransport()
     client = ContinuousClient(fake)
     got: list[Sample] = []
@@ -447,9 +447,9 @@ async def test_a_stalled_stream_keeps_the_receiver_and_other_subscribers_going()
                     # The live subscriber reads everything; the stalled one costs 2 samples.
                     got = [await live.receive(), await live.receive()]
                     assert got[0].value == 20.0 + i
-                assert anz.statistics().frames_ok == 20
+                assert continuous_stats(anz).frames_ok == 20
                 assert client.subscriber_dropped(token) == 0
-                assert anz.statistics().subscriber_overflows == 38  # 40 samples into 2 places
+                assert continuous_stats(anz).subscriber_overflows == 38  # 40 samples into 2 places
                 assert stalled.dropped == 38  # the Analyzer's session reports its own losses
                 newest = [await stalled.__anext__(), await stalled.__anext__()]
                 assert [(s.channel, s.value) for s in newest] == [
@@ -527,12 +527,13 @@ async def test_a_producer_session_drops_the_oldest_and_counts(
         StreamingSession.with_producer(producer, limit=0)
 
 
+@pytest.mark.virtual_time  # in-process sim://: the producer's schedule on the loop's clock
 async def test_a_modbus_stream_nobody_reads_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream_session, "STREAM_QUEUE_SAMPLES", 10)
     anz = await open_device(RTU_A, protocol="modbus_rtu")
     with anyio.fail_after(20):
         async with anz, anz.stream(rate_hz=50) as samples:
-            # Real time: the producer polls on its own schedule while nobody reads.
+            # The producer polls on its own schedule while nobody reads.
             while samples.dropped < 25:  # noqa: ASYNC110 (5 ticks of 5 samples past the bound)
                 await anyio.sleep(0.01)
             dropped = samples.dropped

@@ -1,4 +1,10 @@
-"""Line timing, measured with generous bounds: pacing, turnaround, the silence rule, seeding."""
+"""Line timing, measured with generous bounds: pacing, turnaround, the silence rule, seeding.
+
+Pacing and turnaround are measured on the host clock (``time.monotonic``, real sleeping). The
+silence-rule and seeding tests that only judge the line's own timeline are marked
+``virtual_time`` (tests/conftest.py): their simulators run on the event loop's clock and the
+loop on virtual time, so hundreds of requests cost no wall time and every gap is exact.
+"""
 
 from __future__ import annotations
 
@@ -114,16 +120,17 @@ def test_harsh_silence_rule_validates(bad: object) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.virtual_time
 async def test_harsh_silence_rule_drops_every_request_after_a_short_silence() -> None:
     """Each request's fate follows from the silence the line itself measured before it (the
     simulator decides while ``send`` runs), so a late wake-up on a busy machine cannot make
     the test wrong, only change which requests are lost."""
-    sim = Simulator(silence_drop_until_s=0.08, latency_s=0.0, seed=2)
+    sim = Simulator(silence_drop_until_s=0.08, latency_s=0.0, seed=2, line_clock=anyio.current_time)
     stream = sim.open_stream()
     seen = []
     with anyio.fail_after(10):
         for pause in (0.1, 0.03, 0.09, 0.06, 0.12):
-            # Real sleeps (under 0.5 s in all): the silence the rule judges is the line's time.
+            # The silence the rule judges is the line's time (the loop's, virtual here).
             await anyio.sleep(pause)
             await stream.send(LOOPBACK)
             request = sim.requests[-1]
@@ -173,6 +180,7 @@ async def master(
 
 
 @pytest.mark.anyio
+@pytest.mark.virtual_time
 async def test_silence_rule_spares_a_patient_master_and_hurts_a_hasty_one() -> None:
     """200 requests each: ≥ 50 ms of silence → nothing lost; back-to-back → about 26 % lost.
 
@@ -180,8 +188,12 @@ async def test_silence_rule_spares_a_patient_master_and_hurts_a_hasty_one() -> N
     to keep the test short (the rule depends on the gap, not the rate). How long the hasty
     master's gaps really are depends on how promptly it is scheduled, so its losses are
     checked against the probabilities of the gaps the line actually measured."""
-    patient_sim = Simulator(seed=11, baudrate=115200, latency_s=(0.001, 0.002))
-    hasty_sim = Simulator(seed=12, baudrate=115200, latency_s=(0.001, 0.002))
+    patient_sim = Simulator(
+        seed=11, baudrate=115200, latency_s=(0.001, 0.002), line_clock=anyio.current_time
+    )
+    hasty_sim = Simulator(
+        seed=12, baudrate=115200, latency_s=(0.001, 0.002), line_clock=anyio.current_time
+    )
     patient, hasty = patient_sim.open_stream(), hasty_sim.open_stream()
     results: dict[str, list[tuple[float, bool]]] = {}
 
@@ -241,7 +253,7 @@ def test_same_seed_same_transcript_offline() -> None:
 
 
 async def transcript_live(seed: int) -> list[bytes]:
-    sim = Simulator(seed=seed, baudrate=115200)
+    sim = Simulator(seed=seed, baudrate=115200, line_clock=anyio.current_time)
     sim.drift("I1", noise=0.01)
     stream = sim.open_stream()
     out = []
@@ -255,6 +267,7 @@ async def transcript_live(seed: int) -> list[bytes]:
 
 
 @pytest.mark.anyio
+@pytest.mark.virtual_time
 async def test_same_seed_same_transcript_live() -> None:
     with anyio.fail_after(20):
         first = await transcript_live(3)

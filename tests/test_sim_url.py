@@ -14,6 +14,7 @@ from servomexlib.errors import ServomexConnectionError, ServomexValidationError
 from servomexlib.sim import PRESETS, RequestOutcome, Simulator, connect_url
 from servomexlib.sim.model import rtu_adu
 from servomexlib.sim.url import parse_sim_url
+from servomexlib.transport.timed import TimedReader
 
 LOOPBACK = bytes.fromhex("01080000ABCD5EAE")
 
@@ -56,9 +57,10 @@ def test_every_query_key() -> None:
     assert [c.name for c in spec.channels] == ["O2", None, "Dry₂", None, "Flow"]
     assert [c.unit for c in spec.channels] == ["%", "vpm", "ppm", "mA", "mA"]
     assert [c.value for c in spec.channels] == [20.5, 0.0, None, 4.0, 7.25]
-    assert (spec.baud, spec.period, spec.terminator) == (9600, 0.5, b"\n")
+    assert (spec.baudrate, spec.frame_period, spec.terminator) == (9600, 0.5, b"\n")
     assert spec.latency_s == (0.005, 0.010)
-    assert (spec.drop, spec.reject_gaps, spec.realtime, spec.seed) == (False, True, False, 42)
+    assert (spec.silence_drop, spec.reject_gaps, spec.realtime) == (False, True, False)
+    assert spec.seed == 42
     assert spec.scenario == "alarm"
     assert spec.clock == datetime(2024, 3, 14, 9, 5, 30)
     line = spec.build()
@@ -192,16 +194,17 @@ async def test_resolve_transport_opens_sim_urls() -> None:
 
     transport = await resolve_transport("sim://?realtime=0&mode=modbus_ascii&address=30")
     with anyio.fail_after(5):
-        await transport.write(b":1E080000ABCD62\r\n", timeout=1.0)
-        assert await transport.read_until(b"\r\n", timeout=1.0) == b":1E080000ABCD62\r\n"
+        await TimedReader(transport).write(b":1E080000ABCD62\r\n", timeout=1.0)
+        echo = await TimedReader(transport).read_until(b"\r\n", timeout=1.0)
+        assert echo == b":1E080000ABCD62\r\n"
     await transport.aclose()
 
 
 @pytest.mark.anyio
 async def test_drop_until_ms_is_the_harsh_silence_rule() -> None:
     _, spec = parse_sim_url("sim://?drop_until_ms=80")
-    assert spec.drop_until_s == 0.08
-    assert parse_sim_url("sim://")[1].drop_until_s is None
+    assert spec.silence_drop_until_s == 0.08
+    assert parse_sim_url("sim://")[1].silence_drop_until_s is None
     conn = connect_url("sim://?drop_until_ms=80&latency_ms=5")
     (sim,) = conn.line.simulators
     assert sim.silence_drop_until_s == 0.08

@@ -13,6 +13,7 @@ import servomexlib.testing as kit
 from servomexlib import decode_frame
 from servomexlib.errors import ServomexValidationError
 from servomexlib.transport.fake import FakeTransport as _FakeTransport
+from servomexlib.transport.timed import TimedReader
 
 DATA = Path(__file__).parent / "data"
 
@@ -86,7 +87,8 @@ async def test_fake_transport_with_an_arrow_script() -> None:
     fake = kit.FakeTransport(script)
     with anyio.fail_after(5):
         await fake.send(bytes.fromhex("01080000ABCD5EAE"))
-        assert await fake.read_exact(8, timeout=1.0) == bytes.fromhex("01080000ABCD5EAE")
+        echo = await TimedReader(fake).read_exact(8, timeout=1.0)
+        assert echo == bytes.fromhex("01080000ABCD5EAE")
     await fake.aclose()
 
 

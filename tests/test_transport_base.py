@@ -16,6 +16,7 @@ from servomexlib.transport import (
     TransportClosedError,
     TransportEndOfStreamError,
 )
+from servomexlib.transport.timed import TimedReader
 
 pytestmark = pytest.mark.anyio
 
@@ -55,11 +56,11 @@ async def test_script_replies_exact_match_only() -> None:
         await fake.send(b"\x01\x02")
         assert await fake.receive() == b"\xaa"
         await fake.send(b"ping")
-        assert await fake.read_exact(4, timeout=1) == b"pong"
+        assert await TimedReader(fake).read_exact(4, timeout=1) == b"pong"
         await fake.send(b"echo")
-        assert await fake.read_exact(4, timeout=1) == b"ohce"
+        assert await TimedReader(fake).read_exact(4, timeout=1) == b"ohce"
         await fake.send(b"\x01\x02\x03")  # not an exact key: no reply
-        assert await fake.read_available(idle_timeout=0.05) == b""
+        assert await TimedReader(fake).read_available(idle_timeout=0.05) == b""
     assert fake.writes == [b"\x01\x02", b"ping", b"echo", b"\x01\x02\x03"]
     fake.add_script(b"ping", b"overwritten")
     await fake.send(b"ping")
@@ -72,8 +73,8 @@ async def test_emit_feeds_frames_one_by_one_with_interval() -> None:
         start = anyio.current_time()
         await fake.emit([b"a\n", b"b\n"], interval=0.05)
         assert anyio.current_time() - start >= 0.09
-        assert await fake.read_until(b"\n", timeout=1) == b"a\n"
-        assert await fake.read_until(b"\n", timeout=1) == b"b\n"
+        assert await TimedReader(fake).read_until(b"\n", timeout=1) == b"a\n"
+        assert await TimedReader(fake).read_until(b"\n", timeout=1) == b"b\n"
 
 
 async def test_receive_waits_for_feed_and_ends_after_close() -> None:
@@ -116,7 +117,7 @@ async def test_pushback_is_served_first_and_drain_clears_it() -> None:
     fake.pushback(b"back-")
     assert fake.pending == 5
     with anyio.fail_after(2):
-        assert await fake.read_exact(11, timeout=1) == b"back-stream"
+        assert await TimedReader(fake).read_exact(11, timeout=1) == b"back-stream"
     fake.pushback(b"xyz")
     assert fake.drain_input() == 3
     assert fake.pending == 0
@@ -126,11 +127,11 @@ async def test_read_until_keeps_the_surplus() -> None:
     fake = FakeTransport()
     fake.feed(b"one\r\ntwo\r\nthr")
     with anyio.fail_after(2):
-        assert await fake.read_until(b"\r\n", timeout=1) == b"one\r\n"
-        assert await fake.read_until(b"\r\n", timeout=1) == b"two\r\n"
+        assert await TimedReader(fake).read_until(b"\r\n", timeout=1) == b"one\r\n"
+        assert await TimedReader(fake).read_until(b"\r\n", timeout=1) == b"two\r\n"
         with pytest.raises(ServomexTimeoutError) as info:
-            await fake.read_until(b"\r\n", timeout=0.05)
-        assert await fake.read_exact(3, timeout=1) == b"thr"  # partial data not lost
+            await TimedReader(fake).read_until(b"\r\n", timeout=0.05)
+        assert await TimedReader(fake).read_exact(3, timeout=1) == b"thr"  # partial data not lost
     err = info.value
     assert err.message == "read_until on fake://test timed out after 0.05s"
     assert err.context.port == "fake://test"
@@ -144,9 +145,9 @@ async def test_read_exact_timeout_pushes_partial_back() -> None:
     fake.feed(b"ab")
     with anyio.fail_after(2):
         with pytest.raises(ServomexTimeoutError, match=r"read_exact on fake://test timed out"):
-            await fake.read_exact(3, timeout=0.05)
+            await TimedReader(fake).read_exact(3, timeout=0.05)
         fake.feed(b"c")
-        assert await fake.read_exact(3, timeout=1) == b"abc"
+        assert await TimedReader(fake).read_exact(3, timeout=1) == b"abc"
 
 
 async def test_read_exact_eof_is_connection_error() -> None:
@@ -154,7 +155,7 @@ async def test_read_exact_eof_is_connection_error() -> None:
     fake.feed(b"a")
     await fake.send_eof()
     with anyio.fail_after(2), pytest.raises(ServomexConnectionError):
-        await fake.read_exact(2, timeout=1)
+        await TimedReader(fake).read_exact(2, timeout=1)
 
 
 async def test_read_available_collects_for_the_whole_window() -> None:
@@ -168,13 +169,13 @@ async def test_read_available_collects_for_the_whole_window() -> None:
     with anyio.fail_after(2):
         async with anyio.create_task_group() as tg:
             tg.start_soon(drip)
-            assert await fake.read_available(idle_timeout=0.3) == b"123"
+            assert await TimedReader(fake).read_available(idle_timeout=0.3) == b"123"
         fake.feed(b"abcdef")
-        assert await fake.read_available(idle_timeout=0.3, max_bytes=4) == b"abcd"
-        assert await fake.read_available(idle_timeout=0.05) == b"ef"
+        assert await TimedReader(fake).read_available(idle_timeout=0.3, max_bytes=4) == b"abcd"
+        assert await TimedReader(fake).read_available(idle_timeout=0.05) == b"ef"
         await fake.send_eof()
         with pytest.raises(ServomexConnectionError):
-            await fake.read_available(idle_timeout=0.05)
+            await TimedReader(fake).read_available(idle_timeout=0.05)
 
 
 async def test_write_timeout_and_success() -> None:
@@ -185,12 +186,12 @@ async def test_write_timeout_and_success() -> None:
         label="stuck://",
     )
     with anyio.fail_after(2), pytest.raises(ServomexTimeoutError) as info:
-        await stuck.write(b"x", timeout=0.05)
+        await TimedReader(stuck).write(b"x", timeout=0.05)
     assert info.value.message == "write on stuck:// timed out after 0.05s"
     await stuck.aclose()
     fake = FakeTransport()
     with anyio.fail_after(2):
-        await fake.write(b"ok", timeout=1)
+        await TimedReader(fake).write(b"ok", timeout=1)
     assert fake.writes == [b"ok"]
 
 
@@ -210,3 +211,119 @@ async def test_os_errors_are_translated_with_port() -> None:
     await t.aclose()
     assert not t.is_open
     assert "closed" in repr(t)
+
+
+class _UserTransport:
+    """A user's own transport that lacks the contract's line facts (pushback only)."""
+
+    label = "user://"
+    is_open = True
+    serial_settings = None
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return b""
+
+    async def send(self, item: bytes) -> None:
+        pass
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    def pushback(self, data: bytes) -> None:
+        pass
+
+    def drain_input(self) -> int:
+        return 0
+
+
+async def test_every_transport_class_implements_the_whole_contract() -> None:
+    from servomexlib.transport import SerialTransport, SimTransport, TcpTransport
+
+    members = [
+        "label",
+        "is_open",
+        "serial_settings",
+        "char_time_s",
+        "pending",
+        "extra_attributes",
+        "receive",
+        "send",
+        "send_eof",
+        "aclose",
+        "pushback",
+        "drain_input",
+        "flush_input",
+        "drain",
+    ]
+    for cls in (ByteStreamTransport, FakeTransport, SerialTransport, SimTransport, TcpTransport):
+        missing = [m for m in members if not hasattr(cls, m)]
+        assert missing == [], f"{cls.__name__} lacks {missing}"
+    # The runtime check refuses a transport without the line facts (no silent defaults).
+    assert not isinstance(_UserTransport(), Transport)
+
+
+async def test_contract_members_of_the_fake() -> None:
+    fake = FakeTransport(char_time_s=10 / 9600)
+    assert fake.char_time_s == pytest.approx(10 / 9600)
+    assert FakeTransport().char_time_s is None
+    assert fake.pending == 0
+    fake.pushback(b"abc")
+    assert fake.pending == 3
+    fake.feed(b"queued")
+    with anyio.fail_after(2):
+        # The fake has no OS buffer: nothing is flushed, the pushback buffer is kept.
+        assert await fake.flush_input() is None
+        assert fake.pending == 3
+        await fake.send(b"req")
+        await fake.drain()  # nothing to wait for: returns at once
+        assert fake.writes == [b"req"]
+        assert await fake.receive() == b"abc"
+        assert await fake.receive() == b"queued"
+    assert dict(fake.extra_attributes) == {}
+    await fake.aclose()
+
+
+async def test_extra_attributes_are_the_wrapped_streams() -> None:
+    with anyio.fail_after(5):
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            t = ByteStreamTransport(stream, label="tcp://test")
+            assert anyio.abc.SocketAttribute.raw_socket in t.extra_attributes
+            assert t.extra(anyio.abc.SocketAttribute.remote_port) == port
+            await t.aclose()
+
+
+async def test_deprecated_helpers_warn_and_still_work() -> None:
+    fake = FakeTransport({b"ping": b"pong\n"})
+    with anyio.fail_after(2):
+        with pytest.warns(DeprecationWarning, match=r"TimedReader\(transport\)\.write"):
+            await fake.write(b"ping", timeout=1)
+        with pytest.warns(DeprecationWarning, match="read_exact"):
+            assert await fake.read_exact(2, timeout=1) == b"po"
+        with pytest.warns(DeprecationWarning, match="read_until"):
+            assert await fake.read_until(b"\n", timeout=1) == b"ng\n"
+        fake.feed(b"rest")
+        with pytest.warns(DeprecationWarning, match="read_available"):
+            assert await fake.read_available(idle_timeout=0.05) == b"rest"
+        with (
+            pytest.warns(DeprecationWarning, match="read_exact"),
+            pytest.raises(ServomexTimeoutError, match="read_exact on fake://test timed out"),
+        ):
+            await fake.read_exact(1, timeout=0.01)
+
+
+async def test_timed_reader_keeps_nothing_of_its_own() -> None:
+    fake = FakeTransport()
+    fake.feed(b"12345")
+    with anyio.fail_after(2):
+        assert await TimedReader(fake).read_exact(2, timeout=1) == b"12"
+        with pytest.raises(ServomexTimeoutError):
+            await TimedReader(fake).read_until(b"\n", timeout=0.02)
+        # What the first reader saw and did not return is back in the transport.
+        assert fake.pending == 3
+        assert await fake.receive() == b"345"
+    assert TimedReader(fake).transport is fake

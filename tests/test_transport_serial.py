@@ -22,6 +22,7 @@ from servomexlib.settings import ByteSize, Parity, SerialSettings, StopBits
 from servomexlib.sync import Servomex
 from servomexlib.transport import SerialTransport, TransportBrokenError
 from servomexlib.transport import serial as serial_mod
+from servomexlib.transport.timed import TimedReader
 
 pytestmark = pytest.mark.anyio
 
@@ -45,8 +46,8 @@ async def test_open_read_write_and_idempotent_close(pty_pair: tuple[int, str]) -
         assert t.label == path
         assert t.serial_settings == SerialSettings(port=path)
         os.write(master, b"hello\n")
-        assert await t.read_until(b"\n", timeout=2) == b"hello\n"
-        await t.write(b"\x01\x04", timeout=1)
+        assert await TimedReader(t).read_until(b"\n", timeout=2) == b"hello\n"
+        await TimedReader(t).write(b"\x01\x04", timeout=1)
         assert os.read(master, 10) == b"\x01\x04"
         await t.aclose()
         await t.aclose()
@@ -177,7 +178,7 @@ async def test_reopen_with_new_settings(pty_pair: tuple[int, str]) -> None:
             assert t.serial_settings is not None
             assert t.serial_settings.baudrate == 4800
             os.write(master, b"x")
-            assert await t.read_exact(1, timeout=2) == b"x"
+            assert await TimedReader(t).read_exact(1, timeout=2) == b"x"
         finally:
             await t.aclose()
 
@@ -264,3 +265,19 @@ def test_a_terminal_ioctl_failure_reads_as_not_a_serial_port() -> None:
         "not a serial port (Inappropriate ioctl for device)"
     )
     assert serial_mod._open_failure(OSError(errno.EBUSY, "busy")) == "[Errno 16] busy"
+
+
+async def test_drain_waits_for_the_output_queue_and_reports_a_closed_port(
+    pty_pair: tuple[int, str],
+) -> None:
+    master, path = pty_pair
+    with anyio.fail_after(5):
+        t = await SerialTransport.open(SerialSettings(port=path))
+        await t.send(b"\x01\x04\x00\x00")
+        await t.drain()
+        assert os.read(master, 10) == b"\x01\x04\x00\x00"
+        assert t.extra(anyserial.SerialStreamAttribute.config).baudrate == 19200
+        await t.aclose()
+        with pytest.raises(ServomexConnectionError) as info:
+            await t.drain()
+        assert info.value.context.port == path

@@ -11,6 +11,7 @@ import pytest
 from servomexlib.errors import ServomexConnectionError
 from servomexlib.settings import SerialSettings
 from servomexlib.transport import TcpTransport, TransportEndOfStreamError
+from servomexlib.transport.timed import TimedReader
 
 pytestmark = pytest.mark.anyio
 
@@ -31,8 +32,8 @@ async def test_round_trip_and_peer_close() -> None:
             try:
                 assert t.label == f"tcp://127.0.0.1:{port}"
                 assert t.serial_settings == settings
-                await t.write(b"abc", timeout=1)
-                assert await t.read_exact(3, timeout=2) == b"ABC"
+                await TimedReader(t).write(b"abc", timeout=1)
+                assert await TimedReader(t).read_exact(3, timeout=2) == b"ABC"
                 with pytest.raises(TransportEndOfStreamError):
                     await t.receive()
             finally:

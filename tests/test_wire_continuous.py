@@ -41,7 +41,7 @@ from servomexlib.errors import (
     ServomexProtocolError,
 )
 from servomexlib.units import Unit
-from servomexlib.wire import continuous
+from servomexlib.wire import frame_parse
 from servomexlib.wire.continuous import (
     build_frame,
     checksum,
@@ -793,7 +793,7 @@ def test_block_cache_is_bounded_and_transparent() -> None:
         raw = one_block_frame(block=["I1", "Oxygen", format_value(value), " % ", *BLANK_STATUS])
         r = parse(raw).readings[0]
         assert r.value == float(format_value(value))
-        assert len(continuous._BLOCK_CACHE) <= continuous._BLOCK_CACHE_LIMIT
+        assert len(frame_parse._BLOCK_CACHE) <= frame_parse._BLOCK_CACHE_LIMIT
     # An entry seen before the cache was cleared still decodes the same.
     again = one_block_frame(block=["I1", "Oxygen", format_value(0.001), " % ", *BLANK_STATUS])
     assert parse(again).readings[0].value == 0.001

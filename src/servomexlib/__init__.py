@@ -5,13 +5,18 @@ the Analyzer and its factories, the manager, the recorder, streaming and the tra
 pull in anyio, anyserial and anymodbus — are imported on first use of their names (PEP 562), so
 ``import servomexlib`` stays cheap for scripts that only decode captures or handle values.
 ``from servomexlib import open_device`` and ``servomexlib.open_device`` work as usual.
+
+The package also wires the ``sim://`` port scheme: the transport layer sits below the simulator
+and must not import it, so the transport's scheme registry (:mod:`servomexlib.transport.schemes`,
+which loads nothing heavy) gets an opener from here that imports :mod:`servomexlib.sim` only
+when a ``sim://`` port is first opened.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from ._version import __version__
 from .decode import decode_frame, split_frames
 from .devices.models import (
@@ -54,6 +59,7 @@ from .errors import (
     ServomexValidationError,
 )
 from .settings import SerialSettings
+from .transport.schemes import register_scheme as _register_scheme
 from .units import Unit, UnitKind
 
 if TYPE_CHECKING:
@@ -64,6 +70,17 @@ if TYPE_CHECKING:
     from .streaming.stream_session import StreamingSession
     from .transport.base import Transport
     from .transport.fake import FakeTransport
+
+
+async def _open_sim_port(url: str, serial_settings: SerialSettings | None) -> Transport:
+    """The ``sim://`` opener: attach to the simulated line the URL names."""
+    # Imported on first use: the simulator is a heavy layer above the transport.
+    from .sim import open_url_transport
+
+    return await open_url_transport(url, serial_settings)
+
+
+_register_scheme("sim", _open_sim_port)
 
 #: Public names of the I/O layers → the module that defines them (imported on first use).
 _LAZY = {
@@ -81,25 +98,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a lazy public name (or a subpackage such as ``servomexlib.transport``) on use."""
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # later lookups bypass this hook
-        return value
-    if not name.startswith("_"):
-        qualified = f"{__name__}.{name}"
-        try:
-            return importlib.import_module(qualified)
-        except ModuleNotFoundError as exc:
-            if exc.name != qualified:
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [

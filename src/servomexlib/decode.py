@@ -22,7 +22,7 @@ def decode_frame(
     The frame is stamped now unless ``received_at``/``monotonic_ns`` are given.
 
     Raises:
-        ServomexFrameError, ServomexChecksumError, ServomexParseError: as protocol.md §3.8.
+        ServomexFrameError, ServomexChecksumError, ServomexParseError: as docs/protocol.md, §3.9.
     """
     return parse_frame(
         raw,

@@ -1,4 +1,6 @@
-"""Many analysers across many ports: :class:`ServomexManager` (api.md §8).
+"""Many analysers across many ports: :class:`ServomexManager`.
+
+Usage: docs/quickstart-async.md ("Several analysers on one bus").
 
 Theory of operation
 -------------------
@@ -22,8 +24,8 @@ Managed analysers are identified lazily
 The Analyzers the manager builds are never entered, but each is identified once, **before its
 first sweep**, inside its port's group lock and through the Analyzer (so ``info`` is cached):
 the Analyzer is built with ``identify_lazily=True``. Identify lists the populated slots (a
-slot holding ``||||||`` with a blank unit is empty, api.md §5) and later sweeps cover only
-those, so empty slots never appear as ``0.0``/``?`` readings. If identify fails, that
+slot holding ``||||||`` with a blank unit is empty, docs/protocol.md, §4.7) and later sweeps
+cover only those, so empty slots never appear as ``0.0``/``?`` readings. If identify fails, that
 analyser's sweep fails for this cycle with the identify error — a failed ``DeviceResult`` in
 :meth:`ServomexManager.poll`, dropped with a warning by :meth:`ServomexManager.poll_samples` —
 and identify is tried again on the next cycle. There is deliberately no fallback sweep of all
@@ -51,7 +53,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 
@@ -67,8 +69,11 @@ from .errors import (
 )
 from .settings import SerialSettings
 from .transport.ports import resolve_transport
+from .validation import check_address
 
 if TYPE_CHECKING:
+    from .clients.continuous import ContinuousStatistics
+    from .clients.modbus import ModbusStatistics
     from .transport.base import Transport
 
 __all__ = ["DeviceResult", "ServomexManager", "port_key"]
@@ -254,10 +259,7 @@ class ServomexManager:
                 f"manager: port {key} already speaks {spoken}, cannot add {name!r} as {kind.value}",
                 context=ctx,
             )
-        if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 247:
-            raise ServomexValidationError(
-                f"manager: Modbus slave address must be 1-247, got {address!r}", context=ctx
-            )
+        check_address(address, ctx)
         for other in self._members.values():
             if other.port is shared and other.analyzer.client.address == address:
                 raise ServomexValidationError(
@@ -431,7 +433,8 @@ class ServomexManager:
 
         A managed analyser not yet identified is identified first (in its port's lock); if
         that fails, its result is the identify error and the next call tries again.
-        ``timeout`` is the per-transaction override of api.md §5. Ignores the error policy.
+        ``timeout`` is the per-transaction override (docs/protocol.md, §9.2): every transaction
+        of the sweep, and each retry, waits at most that long. Ignores the error policy.
         """
         members = self._select(names)
 
@@ -484,6 +487,6 @@ class ServomexManager:
                 )
         return results
 
-    def statistics(self) -> Mapping[str, Any]:
+    def statistics(self) -> Mapping[str, ContinuousStatistics | ModbusStatistics]:
         """Per-analyser client counters (Modbus statistics), keyed by name."""
         return {name: m.analyzer.statistics() for name, m in self._members.items()}

@@ -1,4 +1,4 @@
-"""The wire-cost read planner (api.md §16.3, protocol.md §9.3). Pure: no I/O, no clock, no logging.
+"""The wire-cost read planner (docs/protocol.md, §10). Pure: no I/O, no clock, no logging.
 
 Theory of operation
 -------------------
@@ -22,9 +22,13 @@ depends on the baud rate, the framing and the size of the gap, so the planner co
 * The analyser-status block FC02 (1000, 16) is always a read of its own: the discretes between
   the channel block (0-79) and 1000 are undocumented, so they are never bridged.
 * Reads come out in sweep order: FC04 reads, channel FC02 reads, the analyser read.
+* A sweep asks the same question every tick, so plans are memoised per (channels, value-only
+  set, analyser read); the memo is emptied whenever what a plan depends on changes (the model,
+  e.g. a learned silence; a span policy; an unreadable slot).
 
 Some firmware may refuse reads that cover unmapped addresses. The planner learns that only from
-Modbus exception 02 (Illegal Data Address), per address space, in three steps (protocol.md §9.3):
+Modbus exception 02 (Illegal Data Address), per address space, in three steps
+(docs/protocol.md, §10.4):
 a rejected gap-bridging read makes the space *gap-free* (only adjacent blocks merge); a rejected
 gap-free multi-block read makes it *per-block*; a rejected single block marks that channel slot
 unreadable, and later plans omit it. A timeout teaches nothing: it says nothing about addresses.
@@ -70,7 +74,7 @@ __all__ = [
 #: Modbus application protocol limits for one read (FC04: 125 registers, FC02: 2000 bits).
 MAX_READ_REGISTERS = 125
 MAX_READ_DISCRETES = 2000
-#: FC04 registers of a value-only span: the float32 value (protocol.md §4.3).
+#: FC04 registers of a value-only span: the float32 value (docs/protocol.md, §4.3).
 VALUE_REGISTERS = 2
 
 
@@ -94,7 +98,7 @@ _POLICY_RANK = {SpanPolicy.COST: 0, SpanPolicy.GAP_FREE: 1, SpanPolicy.PER_BLOCK
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _FramingChars:
-    """Characters on the wire per framing (protocol.md §9.3)."""
+    """Characters on the wire per framing (docs/protocol.md, §10.1)."""
 
     request: int  # a read request ADU
     registers_base: int  # FC04 response without data
@@ -113,10 +117,11 @@ _CHARS = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WireModel:
-    """What one transaction costs on a line (protocol.md §9.3).
+    """What one transaction costs on a line (docs/protocol.md, §10.1).
 
     ``cost = silence_s + turnaround_s + (request chars + response chars) × char_time_s`` with
-    ``char_time_s = bits_per_char / baudrate``. The 20 ms turnaround is an estimate (§13).
+    ``char_time_s = bits_per_char / baudrate``. The 20 ms turnaround is an estimate
+    (docs/protocol.md, §15 #17).
     A client re-plans with its line's current silence (:meth:`with_silence`) once the line has
     learned that it needs more than 50 ms.
 
@@ -284,6 +289,7 @@ def _blocks(
 
 _TABLE_ORDER = {spec.channel: i for i, spec in enumerate(CHANNEL_TABLE)}
 _COST_EPSILON = 1e-12  # costs within this are ties (float noise), resolved by fewer reads
+_PLAN_CACHE = 64  # plans kept per planner (a client asks a handful of distinct questions)
 
 
 class ReadPlanner:
@@ -323,6 +329,9 @@ class ReadPlanner:
         }
         self._policy: dict[ReadFunction, SpanPolicy] = {}
         self._unreadable: set[ChannelId] = set()
+        # Plans by request: a sweep asks the same question every tick. Emptied whenever
+        # anything a plan depends on changes (the model, a policy, an unreadable slot).
+        self._plans: dict[tuple[object, ...], tuple[PlannedRead, ...]] = {}
         self.reset()
 
     def __repr__(self) -> str:
@@ -343,6 +352,8 @@ class ReadPlanner:
     def model(self, model: WireModel) -> None:
         if not isinstance(model, WireModel):
             raise ServomexValidationError(f"model must be a WireModel, got {model!r}")
+        if model != self._model:
+            self._plans.clear()
         self._model = model
 
     @property
@@ -370,6 +381,7 @@ class ReadPlanner:
         """Forget everything learned: both spaces back to COST, no unreadable slots."""
         self._policy = dict.fromkeys(ReadFunction, SpanPolicy.COST)
         self._unreadable = set()
+        self._plans.clear()
 
     def cost(self, reads: Iterable[PlannedRead]) -> float:
         """Total estimated seconds of ``reads``."""
@@ -393,6 +405,27 @@ class ReadPlanner:
         Raises:
             ServomexValidationError: an unknown channel id.
         """
+        asked = tuple(channels)
+        values = value_only if isinstance(value_only, bool) else tuple(value_only)
+        try:
+            values_key = values if isinstance(values, bool) else frozenset(values)
+            key = (asked, include_analyser, values_key)
+            cached = self._plans.get(key)
+        except TypeError:  # an unhashable item: not a channel id, refused by the planning
+            return self._plan(asked, include_analyser, values)
+        if cached is None:
+            cached = self._plan(asked, include_analyser, values)
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()
+            self._plans[key] = cached
+        return cached
+
+    def _plan(
+        self,
+        channels: tuple[ChannelId | str, ...],
+        include_analyser: bool,
+        value_only: bool | tuple[ChannelId | str, ...],
+    ) -> tuple[PlannedRead, ...]:
         wanted = {coerce_channel(c) for c in channels} - self._unreadable
         ordered = sorted(wanted, key=_TABLE_ORDER.__getitem__)
         if value_only is True:
@@ -439,11 +472,13 @@ class ReadPlanner:
             if read.channels[0] in self._unreadable:
                 return False
             self._unreadable.add(read.channels[0])
+            self._plans.clear()
             return True
         target = SpanPolicy.GAP_FREE if read.bridges_gap else SpanPolicy.PER_BLOCK
         if _POLICY_RANK[target] <= _POLICY_RANK[self._policy[space]]:
             return False
         self._policy[space] = target
+        self._plans.clear()
         return True
 
     # -- internals ------------------------------------------------------------------------

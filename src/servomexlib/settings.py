@@ -1,4 +1,4 @@
-"""Serial line settings (api.md §3), a pure value shared by every layer.
+"""Serial line settings (docs/protocol.md, §1), a pure value shared by every layer.
 
 Re-exported from :mod:`servomexlib.transport` and the top-level package.
 """
@@ -12,7 +12,7 @@ from .errors import ErrorContext, ServomexValidationError
 
 __all__ = ["MAX_BAUD", "MIN_BAUD", "ByteSize", "Parity", "SerialSettings", "StopBits"]
 
-#: The analyser's documented baud range (protocol.md §1, MAN).
+#: The analyser's documented baud range (docs/protocol.md, §1, MAN).
 MIN_BAUD = 2400
 MAX_BAUD = 19200
 

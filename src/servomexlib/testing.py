@@ -1,4 +1,6 @@
-"""The public test kit (api.md §17): fakes, capture helpers and simulator-backed Modbus fakes.
+"""The public test kit: fakes, capture helpers and simulator-backed Modbus fakes.
+
+Guide: docs/simulator.md ("In your own tests").
 
 Use it in your own tests::
 
@@ -6,7 +8,7 @@ Use it in your own tests::
 
 * :class:`FakeTransport` — an in-memory transport with scripted replies.
 * :func:`split_continuous_frames`, :func:`build_continuous_frame`, :func:`continuous_checksum`
-  — the continuous frame rules of protocol.md §3 (thin wrappers over the wire layer).
+  — the continuous frame rules of docs/protocol.md, §3 (thin wrappers over the wire layer).
 * :func:`load_arrow_script` — ``> request`` / ``< reply`` hex scripts for :class:`FakeTransport`.
 * :func:`mock_modbus_transport` and friends — a 4100-shaped Modbus slave behind an in-process
   simulated line (see :mod:`servomexlib.sim.mock`).
@@ -57,7 +59,7 @@ __all__ = [
 
 
 def split_continuous_frames(capture: bytes) -> list[bytes]:
-    """Split a capture into frames (protocol.md §3.7: CR LF, LF or CR), blank lines dropped,
+    """Split a capture into frames (docs/protocol.md, §3.8: CR LF, LF or CR), blank lines dropped,
     terminators removed."""
     return split_frames(bytes(capture))
 
@@ -69,7 +71,7 @@ def build_continuous_frame(
     terminator: bytes = b"\r\n",
 ) -> bytes:
     """A complete frame from its 5 header fields and 8-field blocks, written as given, with
-    checksum and terminator appended (reproduces protocol.md §3.6 exactly)."""
+    checksum and terminator appended (reproduces docs/protocol.md, §3.7 exactly)."""
     return build_frame(header_fields, blocks, terminator=terminator)
 
 

@@ -1,4 +1,4 @@
-"""Measurement units reported by the analyser (protocol.md §7).
+"""Measurement units reported by the analyser (docs/protocol.md, §7).
 
 Percent is the 4000-series' main concentration unit; external inputs report mA. The library
 never converts values on its own: :func:`percent_to_vpm` and :func:`vpm_to_percent` are there

@@ -1,4 +1,4 @@
-"""The ``servomex`` command (api.md §13, §16.4).
+"""The ``servomex`` command (docs/cli.md).
 
 Each subcommand lives in its own module ``servomexlib.cli.<name>`` exposing
 ``register(subparsers)``, which adds its parser and sets ``handler`` — a function taking the
@@ -53,6 +53,8 @@ SUBCOMMANDS: tuple[str, ...] = (
     "diag",
     "simulate",
     "plot",
+    "config",
+    "run",
 )
 
 Handler = Callable[[argparse.Namespace], int]

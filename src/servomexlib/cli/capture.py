@@ -1,4 +1,4 @@
-"""``servomex capture`` / ``servomex-capture``: record an analyser to a file (api.md §13, §16.4).
+"""``servomex capture`` / ``servomex-capture``: record an analyser to a file (docs/cli.md).
 
 Theory of operation
 -------------------
@@ -18,9 +18,9 @@ appended to), something that is not a recording — is refused with one ``error:
 is removed only once the analyser is open and the rate accepted, so a failed start keeps it.
 
 **Modbus: a rate the bus can carry.** One poll is one sweep whose wire time the read planner
-knows (api.md §16.3). A ``--rate`` above ``1 / cost(sweep)`` can only produce late ticks, so
-it is refused with the highest rate that fits: before any I/O when ``--protocol`` names a
-Modbus framing (the sweep then covers all ten slots, and the line runs at ``--baud``), and
+knows (docs/protocol.md, §9.5, §10). A ``--rate`` above ``1 / cost(sweep)`` can only produce late
+ticks, so it is refused with the highest rate that fits: before any I/O when ``--protocol`` names
+a Modbus framing (the sweep then covers all ten slots, and the line runs at ``--baud``), and
 otherwise as soon as the analyser is open (its own plan over the slots it identified, at the
 line's real rate).
 
@@ -63,7 +63,7 @@ from ..errors import ServomexValidationError
 from ..planner import PlannedRead, ReadPlanner, WireModel
 from ..settings import SerialSettings
 from ..sinks import CsvSink, JsonlSink, ParquetSink, SqliteSink, pipe
-from ..sinks.base import Sink
+from ..sinks.base import ReportsOpen, Sink
 from ..streaming.recorder import AcquisitionSummary, record
 from .common import (
     add_device_options,
@@ -193,7 +193,7 @@ class CountingSink:
 
     @property
     def is_open(self) -> bool:
-        return bool(getattr(self.sink, "is_open", True))
+        return self.sink.is_open if isinstance(self.sink, ReportsOpen) else True
 
     async def open(self) -> None:
         await self.sink.open()

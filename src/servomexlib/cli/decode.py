@@ -1,8 +1,8 @@
-"""``servomex decode`` / ``servomex-decode``: explain continuous frames offline (api.md §13).
+"""``servomex decode`` / ``servomex-decode``: explain continuous frames offline (docs/cli.md).
 
 Input is exactly one of ``--hex HEX…`` (digits optionally separated by spaces, ``:`` or
 ``,``; even length), ``--fixture PATH`` (a capture file) or raw bytes on stdin. The bytes are
-split into frames (protocol.md §3.7) and each is reported::
+split into frames (docs/protocol.md, §3.8) and each is reported::
 
     frame 1: b' 06-10-20;09:17:58;  ;S1S1S1S1;05;I1;Oxygen;…;2A36;'
       checksum: valid (0x2A36)
@@ -94,7 +94,7 @@ class ChecksumCheck:
 
 
 def check_checksum(raw: bytes) -> ChecksumCheck:
-    """Check the checksum field of one frame (terminator optional), protocol.md §3.5."""
+    """Check the checksum field of one frame (terminator optional), docs/protocol.md, §3.6."""
     frame = raw.rstrip(b"\r\n")
     if not frame or frame[0] != 0x20:
         return ChecksumCheck(False, None, "frame does not start with a space; no checksum field")

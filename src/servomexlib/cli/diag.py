@@ -1,4 +1,4 @@
-"""``servomex diag`` / ``servomex-diag``: line diagnostics (api.md §13).
+"""``servomex diag`` / ``servomex-diag``: line diagnostics (docs/cli.md).
 
 * ``diag loopback [--payload ABCD]`` — FC08 echo; forces ``modbus_rtu`` unless a Modbus
   ``--protocol`` is given; prints ``loopback sent={HEX} echo={HEX} ok={b}``; exit 0 on a match,
@@ -15,8 +15,8 @@
   ``--value-only``: the plan of a sweep after ``identify()`` (names and units cached: the 2
   value registers per slot), as every sweep after the first one reads.
 * ``diag link PORT [--count 20]`` — Modbus (RTU unless ``--protocol modbus_ascii``): identify,
-  then ``count`` polls back to back, then what the line learned and counted (api.md §5, "Fast
-  recovery")::
+  then ``count`` polls back to back, then what the line learned and counted (fast recovery:
+  docs/protocol.md, §9.4)::
 
       link polls=20 ok=20 errors=0 poll_ms p50=… p90=… max=…
       wait learned_ms=50.0 silence_ms=50.0 turnaround_ms p50=… p99=… samples=62

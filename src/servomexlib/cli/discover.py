@@ -1,4 +1,4 @@
-"""``servomex discover`` / ``servomex-discover``: find analysers on ports (api.md §13, §14).
+"""``servomex discover`` / ``servomex-discover``: find analysers on ports (docs/cli.md "discover").
 
 Every port is probed read-only, one after another. With one ``--address`` (the default, 1)
 and ``--protocol auto`` the AUTO ladder runs at that address, then one identify; with an

@@ -1,4 +1,4 @@
-"""``servomex read`` / ``servomex-read``: one frame from an analyser (api.md §13).
+"""``servomex read`` / ``servomex-read``: one frame from an analyser (docs/cli.md).
 
 Text output::
 

@@ -1,4 +1,4 @@
-"""What an existing ``capture --out`` file holds, and whether capture may write to it (api.md §13).
+"""What an existing ``capture --out`` file holds, and whether capture may write to it (docs/cli.md).
 
 Theory of operation
 -------------------
@@ -15,11 +15,11 @@ at bytes a reader of that format would trust, and :func:`plan_output` decides:
 * **JSONL** — the first and the last complete lines are JSON objects whose keys are the schema
   columns in order (or the older columns: an older recording). A crashed capture may leave a
   partial last line; the sink starts a new line before appending, so only complete lines count.
-* **SQLite** — the 16-byte magic ``SQLite format 3\\0`` and a ``samples`` table holding (at
-  least) the columns of the older schema; a table without ``value_state`` is appendable, the
-  sink reports the missing column once (api.md §10). The database is opened read-only, and
-  ``immutable`` when it has no write-ahead log, so inspecting it creates no ``-wal``/``-shm``
-  files and changes no byte.
+* **SQLite** — the 16-byte magic ``SQLite format 3\\0`` and a ``samples`` table holding (at least)
+  the columns of the older schema; a table without ``value_state`` is appendable, the sink reports
+  the missing column once (docs/recording-and-sinks.md). The database is opened read-only, and
+  ``immutable`` when it has no write-ahead log, so inspecting it creates no ``-wal``/``-shm`` files
+  and changes no byte.
 * **Parquet** — the magic ``PAR1``. Parquet files are never appended to (the format has no
   append; :class:`~servomexlib.sinks.ParquetSink` refuses existing files). A journalled
   capture that crashed leaves ``<out>.parts/``: that too is a Parquet recording in progress.

@@ -1,4 +1,4 @@
-"""``servomex simulate``: serve a simulated analyser on a pseudo-terminal or TCP (api.md §16.4).
+"""``servomex simulate``: serve a simulated analyser on a pseudo-terminal or TCP (docs/cli.md).
 
 The first stdout line is the address alone — the pty path (a stable symlink) or
 ``tcp://HOST:PORT`` — flushed at once, so a script can read it and connect. The command serves

@@ -1,12 +1,12 @@
-"""``servomex stream`` / ``servomex-stream``: print samples as they arrive (api.md §13).
+"""``servomex stream`` / ``servomex-stream``: print samples as they arrive (docs/cli.md).
 
-Continuous analysers stream their broadcast (``--rate`` is ignored); Modbus analysers are
-polled at ``--rate`` Hz. One line per sample, ``{id:<3} {str(value):>10} {unit}`` (a
-reading without a value shows its state, ``over_range`` or ``invalid``, instead of None), or
-``error: {err}`` for an error sample (a frame that failed to decode); error samples count
-towards ``--count``. ``--count 0`` streams until Ctrl-C. ``--format json`` prints one JSON
-document per sample (the row of api.md §10, with ``value_state`` next to ``value``). Exit 0;
-Ctrl-C exits 130; a closed stdout (``| head``) ends the stream quietly with exit 0.
+Continuous analysers stream their broadcast (``--rate`` is ignored); Modbus analysers are polled at
+``--rate`` Hz. One line per sample, ``{id:<3} {str(value):>10} {unit}`` (a reading without a value
+shows its state, ``over_range`` or ``invalid``, instead of None), or ``error: {err}`` for an error
+sample (a frame that failed to decode); error samples count towards ``--count``. ``--count 0``
+streams until Ctrl-C. ``--format json`` prints one JSON document per sample (the row of
+docs/recording-and-sinks.md, with ``value_state`` next to ``value``). Exit 0; Ctrl-C exits 130; a
+closed stdout (``| head``) ends the stream quietly with exit 0.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``servomex watch``: a live terminal table of one analyser (api.md §16.4).
+"""``servomex watch``: a live terminal table of one analyser (docs/cli.md).
 
 On a terminal the table (rich) is redrawn on every continuous frame or Modbus poll (at
 ``--rate`` Hz): a header with port, protocol, address, analyser fault/maintenance, the four

@@ -9,7 +9,7 @@ groups are 1–4, loopback payloads are 2 bytes).
 
 Timeouts: ``timeout=None`` means the client's open-time default. For Modbus it is the
 per-transaction response timeout of every transaction (and retry) of the call; for continuous it
-bounds the wait for the first/next frame (api.md §5, protocol.md §9).
+bounds the wait for the first/next frame (docs/protocol.md, §9.6).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import anyio.abc
+    from anyio.streams.memory import MemoryObjectReceiveStream
 
     from ..devices.models import (
         AnalyserStatus,
@@ -29,11 +30,15 @@ if TYPE_CHECKING:
         Frame,
         ProtocolKind,
         Reading,
+        Sample,
     )
+    from ..errors import ServomexError
     from ..planner import ReadPlanner
     from ..transport.base import Transport
+    from .continuous import ContinuousStatistics, FrameItem
+    from .modbus import ModbusStatistics
 
-__all__ = ["AnalyzerClient", "ControlClient"]
+__all__ = ["AnalyzerClient", "BroadcastClient", "ControlClient"]
 
 
 @runtime_checkable
@@ -81,13 +86,60 @@ class AnalyzerClient(Protocol):
         """I/O on every call (continuous: the latest or first frame)."""
         ...
 
+    def statistics(self) -> ContinuousStatistics | ModbusStatistics:
+        """The client's counters, a snapshot (no I/O)."""
+        ...
+
+
+@runtime_checkable
+class BroadcastClient(AnalyzerClient, Protocol):
+    """The extra surface of a client over an unsolicited broadcast (continuous only).
+
+    The Analyzer checks for it once, when it is built over a continuous client, and then calls
+    these members directly (``snapshot``, ``dropped_frames``, ``stream``, ``frame_feed``).
+    """
+
+    @property
+    def label(self) -> str:
+        """The transport's label (for errors about the frame stream)."""
+        ...
+
+    @property
+    def latest_frame(self) -> Frame | None:
+        """The newest frame the receiver accepted, or None (no I/O)."""
+        ...
+
+    @property
+    def dropped_frames(self) -> int:
+        """Lines rejected by parse/checksum plus splitter overflows."""
+        ...
+
+    @property
+    def stop_reason(self) -> ServomexError | None:
+        """Why the receiver stopped, once it has."""
+        ...
+
+    def subscribe(self, device: str = "") -> tuple[MemoryObjectReceiveStream[Sample], object]:
+        """A bounded queue of every frame's Samples (and error Samples); returns it and a token."""
+        ...
+
+    def subscribe_frames(self) -> tuple[MemoryObjectReceiveStream[FrameItem], object]:
+        """A bounded queue of every frame (or rejected line) once; returns it and a token."""
+        ...
+
+    def unsubscribe(self, token: object) -> None: ...
+
+    def subscriber_dropped(self, token: object) -> int:
+        """Items dropped so far from the token's full queue (oldest first)."""
+        ...
+
 
 @runtime_checkable
 class ControlClient(AnalyzerClient, Protocol):
     """The extra surface of a client with AUTOCAL | LOOPBACK (Modbus only).
 
     The Analyzer calls these only after its gates passed, so ``group`` is 1–4 and ``payload``
-    is exactly 2 bytes. ``read_planner`` is the client's ``ReadPlanner`` (api.md §16.3).
+    is exactly 2 bytes. ``read_planner`` is the client's ``ReadPlanner`` (docs/protocol.md, §10).
     """
 
     read_planner: ReadPlanner

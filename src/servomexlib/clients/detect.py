@@ -1,4 +1,5 @@
-"""AUTO: tell continuous, Modbus RTU and Modbus ASCII apart on an open transport (protocol.md §8).
+"""AUTO: tell continuous, Modbus RTU and Modbus ASCII apart on an open transport
+(docs/protocol.md, §8).
 
 Theory of operation
 -------------------
@@ -23,12 +24,17 @@ So the ladder asks first and listens last:
 arrive while they run: the probes' line reads them as stale bytes during its pre-request
 silence, or its framer rejects them as non-matching replies. Waiting for both probes to time
 out (≈ 3.3 s each) before listening would make continuous detection slow for no reason, so one
-:class:`_Sniffer` sees every byte read during the whole ladder (through the
+:class:`FrameSniffer` sees every byte read during the whole ladder (through the
 :class:`~servomexlib.clients.modbus.ModbusLine` ``on_receive`` hook, then in the listen step).
 A checksum-valid, fully parsed frame seen at any point ends the ladder at once as
 CONTINUOUS_ASCII: the probe in flight is cancelled and the frame plus every byte read after it
-is pushed back. The order of §8 is unchanged — the probes still go first and a Modbus answer
+is pushed back. The order of the ladder is unchanged — the probes still go first and a Modbus answer
 still wins — the listen step merely starts with the bytes the probes already read.
+
+:class:`FrameSniffer` is public because discovery's bus scan
+(:mod:`servomexlib.discovery`) watches its line for a broadcast the same way: one sniffer, two
+users. Without ``collect`` it only notes that a broadcast was seen (a hint for an explicit
+Modbus scan) and keeps no bytes.
 
 The temporary clients are never closed (that would close the transport); they own no task.
 """
@@ -36,7 +42,6 @@ The temporary clients are never closed (that would close the transport); they ow
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -52,6 +57,7 @@ from ..errors import (
     ServomexTimeoutError,
     ServomexValidationError,
 )
+from ..validation import check_address, check_timeout
 from ..wire.continuous import FrameSplitter, parse_frame
 from .modbus import ModbusClient, ModbusLine
 
@@ -64,6 +70,7 @@ __all__ = [
     "DEFAULT_PROBE_TIMEOUT",
     "DEFAULT_PROBE_TRIES",
     "PROBE_PAYLOAD",
+    "FrameSniffer",
     "detect_protocol",
 ]
 
@@ -77,20 +84,6 @@ DEFAULT_FRAME_PERIOD = 2.0  # the expected broadcast period when the caller name
 _LISTEN_CHUNK = 4096
 
 
-def _positive(name: str, value: float | None, ctx: ErrorContext) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ServomexValidationError(
-            f"{name} must be a positive number, got {value!r}", context=ctx
-        )
-
-
 async def detect_protocol(
     transport: Transport,
     *,
@@ -101,7 +94,7 @@ async def detect_protocol(
     frame_period: float | None = None,
     frame_frequency: float | None = None,
 ) -> ProtocolKind:
-    """Run the AUTO ladder of protocol.md §8 and return the concrete mode found.
+    """Run the AUTO ladder (docs/protocol.md, §8) and return the concrete mode found.
 
     Args:
         transport: an open transport; it is left open whatever the outcome.
@@ -122,12 +115,11 @@ async def detect_protocol(
             context port, address, ``protocol=auto``), or the transport closed.
     """
     ctx = ErrorContext(port=transport.label, address=address, protocol=ProtocolKind.AUTO)
-    if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 247:
-        raise ServomexValidationError(f"Modbus address must be 1-247, got {address!r}", context=ctx)
-    _positive("probe_timeout", probe_timeout, ctx)
-    _positive("listen_timeout", listen_timeout, ctx)
-    _positive("frame_period", frame_period, ctx)
-    _positive("frame_frequency", frame_frequency, ctx)
+    check_address(address, ctx)
+    check_timeout(probe_timeout, ctx, what="probe_timeout")
+    check_timeout(listen_timeout, ctx, what="listen_timeout")
+    check_timeout(frame_period, ctx, what="frame_period", optional=True)
+    check_timeout(frame_frequency, ctx, what="frame_frequency", optional=True)
     if isinstance(probe_tries, bool) or not isinstance(probe_tries, int) or probe_tries < 1:
         raise ServomexValidationError(f"probe_tries must be >= 1, got {probe_tries!r}", context=ctx)
     if frame_period is not None and frame_frequency is not None and frame_period != frame_frequency:
@@ -137,7 +129,7 @@ async def detect_protocol(
     period = frame_period if frame_period is not None else frame_frequency
     window = max(listen_timeout, 2 * period) if period is not None else listen_timeout
     started = time.monotonic()
-    sniffer = _Sniffer()
+    sniffer = FrameSniffer()
 
     for framing in (ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII):
         transport.drain_input()
@@ -174,25 +166,34 @@ async def detect_protocol(
     )
 
 
-class _Sniffer:
-    """Looks for a valid continuous frame in every byte AUTO reads, probes included.
+class FrameSniffer:
+    """Looks for a valid continuous frame in every byte fed to it (AUTO's probes and listen,
+    a bus scan's line).
 
-    ``feed`` splits the bytes at CR/LF; the first segment that passes checksum and full parse
-    is found. From then on ``found`` holds that frame (terminator included) and every byte fed
-    after it, and ``scope`` — the cancel scope of the probe in flight, if any — is cancelled so
-    the ladder ends at once. ``feed`` never raises (it runs inside the probe line's reads).
+    ``feed`` cuts the bytes at CR/LF (:class:`~servomexlib.wire.continuous.FrameSplitter`);
+    the first segment that passes checksum and full parse is a frame: ``seen`` becomes True.
+    With ``collect`` (the default), ``found`` then holds that frame (terminator included) and
+    every byte fed after it — they belong to the continuous receiver — and ``scope``, the
+    cancel scope of the probe in flight if any, is cancelled so the caller stops at once.
+    Without ``collect`` the frame is only noted (``seen``) and nothing is kept. ``feed`` never
+    raises: it runs inside a Modbus line's reads. Memory is bounded by the splitter's maximum
+    segment.
     """
 
-    def __init__(self) -> None:
-        self._splitter = FrameSplitter()
-        self._pending = bytearray()  # the splitter's partial line, as raw bytes
+    def __init__(self, *, collect: bool = True) -> None:
+        self.collect = collect
+        self.seen = False
         self.found: bytearray | None = None
         self.scope: anyio.CancelScope | None = None
+        self._splitter = FrameSplitter()
+        self._pending = bytearray()  # the splitter's partial line, as raw bytes
 
     def feed(self, data: bytes) -> None:
         if self.found is not None:
             self.found += data  # bytes after the frame belong to the continuous receiver
             return
+        if self.seen and not self.collect:
+            return  # noted already: one frame says enough
         self._pending += data
         for segment in self._splitter.feed(data):
             try:
@@ -200,21 +201,25 @@ class _Sniffer:
                     segment, received_at=datetime.now(UTC), monotonic_ns=time.monotonic_ns()
                 )
             except ServomexProtocolError:
-                continue  # misaligned, partial or corrupt: keep looking
-            # Segments are cut from these bytes, so the frame is found in them.
-            begin = max(self._pending.find(segment), 0)
-            self.found = bytearray(self._pending[begin:])
+                continue  # misaligned, partial, Modbus bytes or corrupt: keep looking
+            self.seen = True
+            if self.collect:
+                # Segments are cut from these bytes, so the frame is found in them.
+                begin = max(self._pending.find(segment), 0)
+                self.found = bytearray(self._pending[begin:])
+                if self.scope is not None:
+                    self.scope.cancel()
             self._pending.clear()
-            if self.scope is not None:
-                self.scope.cancel()
             return
         # Keep only what the splitter still holds (bounded by its maximum segment).
         del self._pending[: len(self._pending) - self._splitter.buffered]
 
     def take(self) -> bytes:
-        """The recognised frame and the bytes after it (empty if none was found)."""
+        """The recognised frame and the bytes after it (empty if none was found); from now on
+        the sniffer only notes frames (``collect`` is cleared)."""
         data = bytes(self.found or b"")
         self.found = None
+        self.collect = False
         return data
 
 
@@ -224,7 +229,7 @@ async def _probe(
     address: int,
     timeout: float,
     tries: int,
-    sniffer: _Sniffer,
+    sniffer: FrameSniffer,
 ) -> bool:
     """FC08 ``AB CD`` up to ``tries`` times; True on the echo or an exception reply.
 
@@ -247,7 +252,7 @@ async def _probe(
     return False
 
 
-async def _listen(transport: Transport, window: float, sniffer: _Sniffer) -> bool:
+async def _listen(transport: Transport, window: float, sniffer: FrameSniffer) -> bool:
     """Listen for ``window`` seconds; on the first valid frame push it (and the rest) back.
 
     The sniffer keeps what the probes read, so a frame they left half-read completes here.

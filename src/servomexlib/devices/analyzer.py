@@ -1,4 +1,6 @@
-"""``Analyzer``: the protocol-neutral facade over one analyser (api.md §5).
+"""``Analyzer``: the protocol-neutral facade over one analyser.
+
+Usage: docs/quickstart-async.md. What each operation puts on the wire: docs/protocol.md, §5.
 
 The Analyzer owns a client (continuous or Modbus, see ``servomexlib.clients.base``) and adds
 what is the same for every wire mode:
@@ -7,7 +9,7 @@ what is the same for every wire mode:
   ``confirm=True``) → capability (the active mode can do it) → validation (arguments). So
   ``start_calibration(7)`` raises ServomexConfirmationRequiredError, and
   ``start_calibration(7, confirm=True)`` raises ServomexProtocolUnsupportedError in continuous
-  mode and ServomexValidationError over Modbus — before any byte is sent (protocol.md §11).
+  mode and ServomexValidationError over Modbus — before any byte is sent (docs/protocol.md, §12).
 * **A session lock** serialising calls on one Analyzer.
 * **The session** (``async with``). A continuous Analyzer owns a task group in which its client
   runs the receiver, so it is entered and left in one task. A Modbus Analyzer runs nothing in
@@ -19,29 +21,38 @@ what is the same for every wire mode:
 * **Cancellation at any point** unwinds cleanly: a failed or cancelled entry exits whatever it
   had entered (in LIFO order, in the entering task) before the error propagates, and the close
   paths are shielded, so the caller's cancel scopes, the port and its fd are never left behind.
-* **Identify is cached** (api.md §5): the first ``identify()`` reads the device and caches the
-  result in ``info``; later calls return ``info`` with no I/O unless ``refresh=True``. With
-  ``identify_lazily`` (set by the manager for the Analyzers it builds) a sweep — ``poll``,
-  ``read_all``, ``poll_samples`` — first identifies, under the session lock, when nothing is
-  cached yet, so a Modbus sweep covers only the populated slots; a failed identify fails that
-  sweep and is tried again by the next one (never a fallback sweep of all ten slots, which
-  would report empty slots as readings).
+* **Identify is cached** (docs/protocol.md, §5): the first ``identify()`` reads the device and
+  caches the result in ``info``; later calls return ``info`` with no I/O unless
+  ``refresh=True``. With ``identify_lazily`` (set by the manager for the Analyzers it builds) a
+  sweep — ``poll``, ``read_all``, ``poll_samples`` — first identifies, under the session lock,
+  when nothing is cached yet, so a Modbus sweep covers only the populated slots; a failed
+  identify fails that sweep and is tried again by the next one (never a fallback sweep of all
+  ten slots, which would report empty slots as readings).
+* **Typed client surface.** The client is an ``AnalyzerClient`` (``clients.base``); a
+  continuous one is also a ``BroadcastClient`` (latest frame, dropped frames, subscriptions)
+  and one with AUTOCAL | LOOPBACK a ``ControlClient`` (calibration, loopback, its
+  ``ReadPlanner``), as its declared mode and capabilities say. The Analyzer calls those
+  members directly; it never probes for attributes.
+* **Streaming sits below the device.** ``stream()`` returns a
+  :class:`~servomexlib.streaming.stream_session.StreamingSession` (continuous: a subscription;
+  Modbus: a session running :func:`~servomexlib.streaming.recorder.record` over this
+  Analyzer), and ``record(each_frame=True)`` reaches the broadcast through
+  :meth:`Analyzer.frame_feed` — the acquisition layer knows protocols, not this class.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ..clients.base import AnalyzerClient, ControlClient
+from ..clients.base import AnalyzerClient, BroadcastClient, ControlClient
 from ..errors import (
     ErrorContext,
     ServomexConfirmationRequiredError,
@@ -49,7 +60,11 @@ from ..errors import (
     ServomexProtocolUnsupportedError,
     ServomexValidationError,
 )
-from ..streaming.stream_session import StreamingSession
+from ..streaming.poll_source import FrameFeed
+from ..streaming.recorder import record
+from ..streaming.stream_session import SampleSender, StreamingSession
+from ..transport.base import Transport
+from ..validation import check_positive, check_timeout
 from .models import (
     AnalyserStatus,
     CalibrationProgress,
@@ -65,26 +80,16 @@ from .models import (
     coerce_channel,
 )
 
+if TYPE_CHECKING:
+    from ..clients.continuous import ContinuousStatistics
+    from ..clients.modbus import ModbusStatistics
+    from ..planner import ReadPlanner
+
 __all__ = ["Analyzer"]
 
 _log = logging.getLogger("servomexlib.analyzer")
 
 _CAL_GROUPS = (1, 2, 3, 4)
-
-
-def _check_timeout(timeout: float | None, ctx: ErrorContext) -> None:
-    if timeout is None:
-        return
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ServomexValidationError(
-            f"timeout must be a positive number of seconds or None, got {timeout!r}",
-            context=ctx,
-        )
 
 
 class Analyzer:
@@ -109,6 +114,14 @@ class Analyzer:
     ) -> None:
         self._client = client
         self._device = device or client.transport.label
+        # The client's declared mode and capabilities say which surface it has (clients.base):
+        # a continuous client is a BroadcastClient, one with AUTOCAL | LOOPBACK a ControlClient.
+        self._broadcast: BroadcastClient | None = None
+        if client.protocol is ProtocolKind.CONTINUOUS_ASCII:
+            self._broadcast = cast(BroadcastClient, client)
+        self._controls: ControlClient | None = None
+        if client.capabilities & (Capability.AUTOCAL | Capability.LOOPBACK):
+            self._controls = cast(ControlClient, client)
         self._identify_on_enter = identify_on_enter
         self._identify_lazily = identify_lazily
         self._lock = anyio.Lock()
@@ -144,27 +157,35 @@ class Analyzer:
     @property
     def dropped_frames(self) -> int:
         """Continuous frames rejected by parse/checksum; always 0 for Modbus."""
-        if self.protocol is not ProtocolKind.CONTINUOUS_ASCII:
-            return 0
-        return int(getattr(self._client, "dropped_frames", 0))
+        return self._broadcast.dropped_frames if self._broadcast is not None else 0
 
     @property
-    def read_planner(self) -> Any:
+    def read_planner(self) -> ReadPlanner | None:
         """The Modbus ``ReadPlanner``; None in continuous mode."""
-        return getattr(self._client, "read_planner", None)
+        return self._controls.read_planner if self._controls is not None else None
 
     @property
-    def transport(self) -> Any:
+    def transport(self) -> Transport:
         return self._client.transport
 
-    def statistics(self) -> Any:
-        """The client's counters (``ContinuousStatistics`` for continuous), or None."""
-        stats = getattr(self._client, "statistics", None)
-        return stats() if callable(stats) else None
+    def statistics(self) -> ContinuousStatistics | ModbusStatistics:
+        """The client's counters: ``ContinuousStatistics`` (continuous) or ``ModbusStatistics``."""
+        return self._client.statistics()
+
+    def frame_feed(self) -> FrameFeed | None:
+        """The continuous client's frame subscription (``record(each_frame=True)`` follows it);
+        None in Modbus mode."""
+        return self._broadcast
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("started" if self._entered else "idle")
         return f"<Analyzer {self._device!r} {self.protocol.value} {state}>"
+
+    def _check_timeout(self, timeout: float | None) -> None:
+        """A per-call ``timeout`` must be a positive number (None: the default); the error
+        context is built only when there is a value to check (poll runs once a tick)."""
+        if timeout is not None:
+            check_timeout(timeout, self._ctx(), optional=True)
 
     def _ctx(self, **kw: object) -> ErrorContext:
         address = (
@@ -285,13 +306,17 @@ class Analyzer:
         return int(group)
 
     def _control(self) -> ControlClient:
-        return cast(ControlClient, self._client)
+        if self._controls is None:  # pragma: no cover - the capability gate runs first
+            raise ServomexProtocolUnsupportedError(
+                f"{type(self._client).__name__} has no control surface", context=self._ctx()
+            )
+        return self._controls
 
     # ------------------------------------------------------------------ reads
 
     async def poll(self, *, wait_fresh: bool = False, timeout: float | None = None) -> Frame:
-        """A whole frame (api.md §5). Continuous: the latest cached frame, or the next one
-        when none is cached or ``wait_fresh``. Modbus: one sweep.
+        """A whole frame (docs/protocol.md, §5, §9.6). Continuous: the latest cached frame, or the
+        next one when none is cached or ``wait_fresh``. Modbus: one sweep.
 
         With ``identify_lazily`` and nothing cached in ``info`` yet, identifies first (under the
         same lock hold), so the sweep covers only the populated slots.
@@ -301,7 +326,7 @@ class Analyzer:
             ServomexTimeoutError: no frame / no reply in time (the lazy identify included).
         """
         self._require(Capability.READ_CHANNELS, "poll")
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             if self._identify_lazily and self._info is None:
                 self._info = await _io(self._client.identify(timeout=timeout))
@@ -313,7 +338,7 @@ class Analyzer:
         """One channel's reading; an unknown id raises ServomexValidationError before I/O."""
         self._require(Capability.READ_CHANNELS, "read_channel")
         cid = self._channel(ch)
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             return await _io(self._client.read_channel(cid, timeout=timeout))
 
@@ -325,18 +350,18 @@ class Analyzer:
     async def status(self, ch: ChannelId | str, *, timeout: float | None = None) -> ChannelStatus:
         self._require(Capability.READ_STATUS, "status")
         cid = self._channel(ch)
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             return await _io(self._client.status(cid, timeout=timeout))
 
     async def analyser_status(self, *, timeout: float | None = None) -> AnalyserStatus:
         self._require(Capability.READ_STATUS, "analyser_status")
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             return await _io(self._client.analyser_status(timeout=timeout))
 
     async def identify(self, *, refresh: bool = False, timeout: float | None = None) -> DeviceInfo:
-        """The analyser's identity, cached in ``info`` (api.md §5).
+        """The analyser's identity, cached in ``info`` (docs/protocol.md, §5).
 
         The first call reads the device; later calls return ``info`` with no I/O unless
         ``refresh=True``, which re-reads it and replaces the cache (over Modbus this also
@@ -347,7 +372,7 @@ class Analyzer:
             ServomexValidationError: a bad ``timeout``.
         """
         self._require(Capability.IDENTIFY, "identify")
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         cached = self._info
         if cached is not None and not refresh:
             return cached
@@ -365,11 +390,9 @@ class Analyzer:
         Raises:
             ServomexValidationError: ``"no frame cached yet …"``.
         """
-        frame: Frame | None
-        if self.protocol is ProtocolKind.CONTINUOUS_ASCII:
-            frame = getattr(self._client, "latest_frame", None) or self._last_frame
-        else:
-            frame = self._last_frame
+        frame: Frame | None = self._last_frame
+        if self._broadcast is not None:
+            frame = self._broadcast.latest_frame or frame
         if frame is None:
             raise ServomexValidationError(
                 "no frame cached yet: call poll() first (or wait for a broadcast)",
@@ -393,7 +416,7 @@ class Analyzer:
         self._require_confirm(confirm, "start_calibration")
         self._require(Capability.AUTOCAL, "start_calibration")
         g = self._group(group)
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             await self._control().start_calibration(g, timeout=timeout)
 
@@ -403,7 +426,7 @@ class Analyzer:
         """Stop every autocalibration (coil 00009). STATEFUL: needs ``confirm=True``."""
         self._require_confirm(confirm, "stop_calibration")
         self._require(Capability.AUTOCAL, "stop_calibration")
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             await self._control().stop_calibration(timeout=timeout)
 
@@ -413,7 +436,7 @@ class Analyzer:
         """Progress of ``group``'s autocalibration (READONLY)."""
         self._require(Capability.AUTOCAL, "calibration_status")
         g = self._group(group)
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             return await self._control().calibration_status(g, timeout=timeout)
 
@@ -426,7 +449,7 @@ class Analyzer:
             raise ServomexValidationError(
                 f"loopback payload must be exactly 2 bytes, got {payload!r}", context=self._ctx()
             )
-        _check_timeout(timeout, self._ctx())
+        self._check_timeout(timeout)
         async with self._lock:
             return await self._control().loopback(bytes(payload), timeout=timeout)
 
@@ -435,7 +458,7 @@ class Analyzer:
     def stream(
         self, *, mode: StreamMode | str | None = None, rate_hz: float | None = None
     ) -> StreamingSession:
-        """A :class:`StreamingSession` of Samples (api.md §6).
+        """A :class:`StreamingSession` of Samples (usage: docs/quickstart-async.md).
 
         Continuous (AUTOPRINT): subscribes now; ``rate_hz`` is ignored; ``mode=POLL`` →
         ServomexValidationError. Modbus (POLL): the session runs ``record()`` once entered;
@@ -455,46 +478,27 @@ class Analyzer:
             raise ServomexValidationError(
                 f"{self.protocol.value} streams in POLL mode only", context=self._ctx()
             )
-        rate = 1.0 if rate_hz is None else rate_hz
-        if (
-            isinstance(rate, bool)
-            or not isinstance(rate, int | float)
-            or not math.isfinite(rate)
-            or rate <= 0
-        ):
-            raise ServomexValidationError(
-                f"rate_hz must be a positive number, got {rate_hz!r}", context=self._ctx()
-            )
-        return self._poll_session(float(rate))
+        rate = check_positive("rate_hz", 1.0 if rate_hz is None else rate_hz, self._ctx())
+        return self._poll_session(rate)
 
     def _subscribe(self) -> StreamingSession:
-        subscribe = getattr(self._client, "subscribe", None)
-        if subscribe is None:  # pragma: no cover - every continuous client subscribes
+        client = self._broadcast
+        if client is None:  # pragma: no cover - stream() only subscribes in continuous mode
             raise ServomexProtocolUnsupportedError("this client cannot stream", context=self._ctx())
-        receive, token = subscribe(self._device)
-        client = self._client
+        receive, token = client.subscribe(self._device)
 
         def unsubscribe() -> None:
-            client.unsubscribe(token)  # type: ignore[attr-defined]
+            client.unsubscribe(token)
 
         def dropped() -> int:
-            return int(client.subscriber_dropped(token))  # type: ignore[attr-defined]
+            return client.subscriber_dropped(token)
 
         return StreamingSession(
             receive, mode=StreamMode.AUTOPRINT, on_close=unsubscribe, dropped=dropped
         )
 
     def _poll_session(self, rate_hz: float) -> StreamingSession:
-        try:
-            from ..streaming.recorder import record
-        except ImportError:
-            raise ServomexProtocolUnsupportedError(
-                "POLL streaming needs record() (servomexlib.streaming.recorder), "
-                "which is not available yet",
-                context=self._ctx(),
-            ) from None
-
-        async def produce(send: Any) -> None:
+        async def produce(send: SampleSender) -> None:
             async with record(self, rate_hz=rate_hz) as recording:
                 async for batch in recording.stream:
                     for sample in batch:

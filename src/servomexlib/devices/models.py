@@ -1,4 +1,4 @@
-"""The values of the public API: enums and frozen, slotted models (api.md §1–§2).
+"""The values of the public API: enums and frozen, slotted models (docs/protocol.md, §13).
 
 This module is a leaf: it imports only other value modules (errors, units, settings), never
 I/O code, so every layer can use it.
@@ -14,7 +14,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import ServomexError, ServomexValidationError
+from ..errors import ErrorContext, ServomexError, ServomexValidationError
 from ..settings import SerialSettings
 from ..units import Unit
 
@@ -48,9 +48,9 @@ class ProtocolKind(enum.StrEnum):
     """The analyser's three mutually exclusive wire modes, plus AUTO (open time only)."""
 
     AUTO = "auto"
-    CONTINUOUS_ASCII = "continuous"  # unsolicited broadcast, read only (protocol.md §3)
-    MODBUS_RTU = "modbus_rtu"  # binary Modbus with CRC-16 (protocol.md §4)
-    MODBUS_ASCII = "modbus_ascii"  # hex Modbus with LRC (protocol.md §4)
+    CONTINUOUS_ASCII = "continuous"  # unsolicited broadcast, read only (docs/protocol.md, §3)
+    MODBUS_RTU = "modbus_rtu"  # binary Modbus with CRC-16 (docs/protocol.md, §4)
+    MODBUS_ASCII = "modbus_ascii"  # hex Modbus with LRC (docs/protocol.md, §4)
 
 
 class ChannelId(enum.StrEnum):
@@ -95,10 +95,10 @@ class StreamMode(enum.StrEnum):
 
 
 class CalPhase(enum.StrEnum):
-    """Where an autocalibration group is in its cycle (protocol.md §11)."""
+    """Where an autocalibration group is in its cycle (docs/protocol.md, §12)."""
 
     IDLE = "idle"
-    SAMPLING = "sampling"  # reserved: no known wire state produces it (protocol.md §11)
+    SAMPLING = "sampling"  # reserved: no known wire state produces it (docs/protocol.md, §12)
     CAL_GAS_1 = "cal_gas_1"
     CAL_GAS_2 = "cal_gas_2"
 
@@ -113,7 +113,7 @@ class Capability(enum.Flag):
     LOOPBACK = enum.auto()  # FC08 sub-function 0 (Modbus only)
 
 
-#: What each wire mode can do (api.md §1): continuous is read-only, Modbus has all five.
+#: What each wire mode can do (docs/protocol.md, §2): continuous is read-only, Modbus has all five.
 CONTINUOUS_CAPABILITIES = Capability.READ_CHANNELS | Capability.READ_STATUS | Capability.IDENTIFY
 MODBUS_CAPABILITIES = CONTINUOUS_CAPABILITIES | Capability.AUTOCAL | Capability.LOOPBACK
 
@@ -142,7 +142,7 @@ class OverflowPolicy(enum.Enum):
 
 
 class ValueState(enum.StrEnum):
-    """Whether a reading carries a number and, if not, why (api.md §2).
+    """Whether a reading carries a number and, if not, why (docs/protocol.md, §3.5, §13).
 
     ``Reading.value`` is None exactly when the state is not OK.
     """
@@ -159,7 +159,7 @@ class ErrorPolicy(enum.Enum):
     RETURN = "return"
 
 
-def _coerce_channel(cid: ChannelId | str) -> ChannelId:
+def coerce_channel(cid: ChannelId | str) -> ChannelId:
     """Accept a ChannelId or its exact wire string; anything else is a validation error."""
     if isinstance(cid, ChannelId):
         return cid
@@ -170,6 +170,23 @@ def _coerce_channel(cid: ChannelId | str) -> ChannelId:
             pass
     valid = ", ".join(c.value for c in ChannelId)
     raise ServomexValidationError(f"unknown channel {cid!r}; expected one of {valid}")
+
+
+def coerce_protocol(protocol: ProtocolKind | str, ctx: ErrorContext | None = None) -> ProtocolKind:
+    """Accept a ProtocolKind or its value in any case (``"Modbus_RTU"``); anything else is a
+    :class:`~servomexlib.errors.ServomexValidationError` listing the valid values, with ``ctx``
+    attached."""
+    if isinstance(protocol, ProtocolKind):
+        return protocol
+    if isinstance(protocol, str):
+        try:
+            return ProtocolKind(protocol.strip().lower())
+        except ValueError:
+            pass
+    valid = ", ".join(p.value for p in ProtocolKind)
+    raise ServomexValidationError(
+        f"unknown protocol {protocol!r}; expected one of {valid}", context=ctx
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -259,7 +276,8 @@ class Reading:
 
     @property
     def ok(self) -> bool:
-        """The channel status is ok *and* the reading has a value (api.md §2, §10)."""
+        """The channel status is ok *and* the reading has a value (docs/protocol.md, §13;
+        docs/recording-and-sinks.md for ``ok`` in rows)."""
         return self.value_state is ValueState.OK and self.status.ok
 
     def as_dict(self) -> dict[str, Any]:
@@ -428,7 +446,7 @@ class Frame:
         Raises:
             ServomexValidationError: unknown id, or the channel is not in this frame.
         """
-        wanted = _coerce_channel(cid)
+        wanted = coerce_channel(cid)
         for reading in self.readings:
             if reading.channel is wanted:
                 return reading
@@ -458,60 +476,20 @@ class Frame:
         ]
 
 
-coerce_channel = _coerce_channel
-
-
 # --------------------------------------------------------------------------------------------
-# Fast construction for the decode hot path (private)
+# Fast construction for the decode hot path
 #
 # The generated ``__init__`` of a frozen dataclass stores each field through
 # ``object.__setattr__`` (the class's own ``__setattr__`` refuses); for a Reading that is about
 # 60 % of decoding a continuous frame. These builders create the same objects by calling the
 # slot descriptors directly. They do no conversion or validation, so only decoders that already
-# hold correctly typed values use them; the public constructors are unchanged. Arguments are
-# positional, in field order, and every field must be given.
-
-_READING_FIELDS = (
-    "channel",
-    "kind",
-    "name",
-    "value",
-    "unit",
-    "status",
-    "protocol",
-    "received_at",
-    "monotonic_ns",
-    "raw",
-    "value_state",
-)
-_FRAME_FIELDS = (
-    "readings",
-    "analyser",
-    "protocol",
-    "received_at",
-    "monotonic_ns",
-    "raw",
-    "requested_at",
-    "latency_s",
-)
-_ANALYSER_FIELDS = ("fault", "maintenance", "cal_groups", "clock")
+# hold correctly typed values use them (the wire decoders and the Modbus client); the public
+# constructors are unchanged. Arguments are positional, in field order, and every field must be
+# given. They are public for those decoders but not part of ``__all__`` (not re-exported at the
+# top level): application code builds models with their constructors.
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> list[Any]:
-    # Guard against a field being added, removed or reordered without updating the builders.
-    actual = tuple(f.name for f in dataclasses.fields(cls))
-    if actual != names:  # pragma: no cover - a development-time error
-        raise TypeError(f"fast builder of {cls.__name__} is out of date: {actual} != {names}")
-    return [getattr(cls, name).__set__ for name in names]
-
-
-_new = object.__new__
-(_r0, _r1, _r2, _r3, _r4, _r5, _r6, _r7, _r8, _r9, _r10) = _slot_setters(Reading, _READING_FIELDS)
-(_f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7) = _slot_setters(Frame, _FRAME_FIELDS)
-(_a0, _a1, _a2, _a3) = _slot_setters(AnalyserStatus, _ANALYSER_FIELDS)
-
-
-def _build_reading(
+def build_reading(
     channel: ChannelId,
     kind: ChannelKind,
     name: str | None,
@@ -544,7 +522,7 @@ def _build_reading(
     return r
 
 
-def _build_frame(
+def build_frame(
     readings: tuple[Reading, ...],
     analyser: AnalyserStatus,
     protocol: ProtocolKind,
@@ -567,7 +545,7 @@ def _build_frame(
     return f
 
 
-def _build_analyser_status(
+def build_analyser_status(
     fault: bool,
     maintenance: bool,
     cal_groups: tuple[CalGroupState, CalGroupState, CalGroupState, CalGroupState],
@@ -580,3 +558,22 @@ def _build_analyser_status(
     _a2(a, cal_groups)
     _a3(a, clock)
     return a
+
+
+def _slot_setters(cls: type, builder: Any) -> list[Any]:
+    """The slot setters of ``cls`` in field order, which must be ``builder``'s parameter order.
+
+    Guards against a field being added, removed or reordered without updating the builder.
+    """
+    fields = tuple(f.name for f in dataclasses.fields(cls))
+    code = builder.__code__
+    params = code.co_varnames[: code.co_argcount]
+    if fields != params:  # pragma: no cover - a development-time error
+        raise TypeError(f"fast builder of {cls.__name__} is out of date: {fields} != {params}")
+    return [getattr(cls, name).__set__ for name in fields]
+
+
+_new = object.__new__
+(_r0, _r1, _r2, _r3, _r4, _r5, _r6, _r7, _r8, _r9, _r10) = _slot_setters(Reading, build_reading)
+(_f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7) = _slot_setters(Frame, build_frame)
+(_a0, _a1, _a2, _a3) = _slot_setters(AnalyserStatus, build_analyser_status)

@@ -1,11 +1,11 @@
-"""Simulator-backed Modbus fakes for tests (api.md §17).
+"""Simulator-backed Modbus fakes for tests (docs/simulator.md, "In your own tests").
 
 :func:`mock_modbus_transport` puts an anymodbus :class:`~anymodbus.testing.MockSlave` — plain
 register banks a test can load and inspect — on a simulated line (no pacing, no drops) and
 returns an in-process transport to it. The simulator does the line work (RTU or ASCII framing,
 silence for bad CRC/LRC and other addresses); the slave's banks answer. Helpers load the banks
 with 4100 channel blocks through the wire layer's channel table and codecs, so the addresses and
-encodings are exactly those of protocol.md §4.
+encodings are exactly those of docs/protocol.md, §4.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from ..wire.channels import (
     spec_for,
 )
 from ..wire.registers import encode_channel_block
-from .model import CHANNEL_DISCRETE_COUNT, INPUT_REGISTER_COUNT
-from .serve import Simulator
+from .pdu import CHANNEL_DISCRETE_COUNT, INPUT_REGISTER_COUNT
+from .simulator import Simulator
 
 if TYPE_CHECKING:
     from ..transport.sim import SimTransport
@@ -87,8 +87,8 @@ class MockChannel:
         object.__setattr__(self, "status_bits", bits)
 
 
-#: The measured 4100D's five channels (protocol.md §3.9, §4.5): I1 20.378 Oxygen, I2 0.084 CO,
-#: I3 0.250 CO₂ (``43 4F 82 20 20 20``), E1/E2 0.0 mA unlabelled.
+#: The measured 4100D's five channels (docs/protocol.md, §3.10, §4.13): I1 20.378 Oxygen,
+#: I2 0.084 CO, I3 0.250 CO₂ (``43 4F 82 20 20 20``), E1/E2 0.0 mA unlabelled.
 DEFAULT_4100_BANK: tuple[MockChannel, ...] = (
     MockChannel(ChannelId.I1, 20.378, b"Oxygen", b"%\0\0"),
     MockChannel(ChannelId.I2, 0.084, b"CO    ", b"%\0\0"),
@@ -203,7 +203,8 @@ class MockSlave(_AnymodbusMockSlave):
 
 
 def load_4100_banks(slave: _AnymodbusMockSlave, channels: Iterable[MockChannel]) -> None:
-    """Write each channel's 7 registers and 8 status discretes at its protocol.md §4.4 address."""
+    """Write each channel's 7 registers and 8 status discretes at its address
+    (docs/protocol.md, §4.4)."""
     for ch in channels:
         spec = spec_for(ch.channel)
         words = encode_channel_block(ch.value, ch.name, ch.unit)
@@ -233,27 +234,27 @@ def read_ops(slave: MockSlave) -> list[ReadOp]:
     return list(slave.read_ops)
 
 
-class _SlaveBackedSimulator(Simulator):
-    """A simulator whose Modbus answers come from a mock slave's banks."""
+def _slave_backed_simulator(slave: MockSlave, *, mode: ProtocolKind) -> Simulator:
+    """A simulator on an unpaced line whose Modbus answers come from ``slave``'s banks."""
+    sim = Simulator(
+        mode=mode,
+        address=slave.address,
+        serial=SerialSettings(port="mock://modbus"),
+        realtime=False,
+        silence_drop=False,
+    )
+    sim.label = "mock://modbus"
 
-    def __init__(self, slave: MockSlave, *, mode: ProtocolKind) -> None:
-        super().__init__(
-            mode=mode,
-            address=slave.address,
-            serial=SerialSettings(port="mock://modbus"),
-            realtime=False,
-            silence_drop=False,
-        )
-        self.label = "mock://modbus"
-        self._slave = slave
-
-    def _answer(self, pdu: bytes, at: float) -> bytes:
+    def answer(pdu: bytes, at: float) -> bytes:
         try:
-            return self._slave.handle(pdu)
+            return slave.handle(pdu)
         except ServerException as exc:
             return encode_exception_response(pdu[0], int(exc.code))
         except _ModbusProtocolError:
             return encode_exception_response(pdu[0], ExceptionCode.ILLEGAL_DATA_VALUE)
+
+    sim.override_reply(answer)
+    return sim
 
 
 def _framing(framing: Framing | ProtocolKind | str) -> tuple[Framing, ProtocolKind]:
@@ -282,7 +283,7 @@ async def mock_modbus_transport(
 
     The transport reports 19200 baud 8-N-1; the slave has the 70 input registers, ≥ 1100
     discrete inputs and coils 0-8, loaded with ``channels``. Exception 02 for reads outside the
-    valid ranges (default: the whole protocol.md §4 map), exception 01 for
+    valid ranges (default: the whole docs/protocol.md, §4.4 map), exception 01 for
     ``disabled_function_codes``; requests with a bad CRC/LRC or for another address get no reply.
     The transport is closed on exit.
     """
@@ -297,7 +298,7 @@ async def mock_modbus_transport(
         valid_discrete_ranges=valid_discrete_ranges,
     )
     load_4100_banks(slave, channels)
-    sim = _SlaveBackedSimulator(slave, mode=kind)
+    sim = _slave_backed_simulator(slave, mode=kind)
     transport = sim.transport()
     try:
         yield transport, slave

@@ -1,8 +1,8 @@
-"""The simulated SERVOPRO 4100 as a pure state machine (api.md §16.1, protocol.md §3-§4, §11).
+"""The simulated SERVOPRO 4100 as a pure state machine (docs/protocol.md, §3, §4, §12).
 
 No I/O, no clock, no anyio: every method that depends on time takes ``now`` (seconds on any
-monotonic scale the caller chooses; the serving layer passes its line clock, by default
-``time.monotonic()``).
+monotonic scale the caller chooses; the line passes its line time, by default the event
+loop's clock — :mod:`servomexlib.sim.clock`).
 
 Theory of operation
 -------------------
@@ -16,14 +16,14 @@ analyser clock. From that state it produces, byte-exactly, what the analyser *sa
   PDU out (normal or exception), using the wire layer's channel table and register codecs for
   every address and encoding and anymodbus's server-side PDU codecs for the envelopes.
 
-Framing (RTU CRC, ASCII LRC) and request splitting are also here, as pure helpers
-(:func:`rtu_adu`, :func:`ascii_adu`, :class:`RtuRequestSplitter`, :class:`AsciiRequestSplitter`);
-*when* bytes move is the line's business (:mod:`servomexlib.sim.serve`).
+The channel configs are :mod:`servomexlib.sim.channels`; framing (RTU CRC, ASCII LRC) and
+request splitting are pure helpers in :mod:`servomexlib.sim.framing` (re-exported here);
+*when* bytes move is the line's business (:mod:`servomexlib.sim.line`).
 
-Decisions where the device documentation is silent (protocol.md §13), all LIB:
+Decisions where the device documentation is silent (docs/protocol.md, §15), all LIB:
 
 * **Unit registers** carry the continuous unit field (3 characters, e.g. ``" % "``, ``" mA"``)
-  followed by one NUL — so the worked ADU of protocol.md §4.5 comes out byte-exact.
+  followed by one NUL — so the worked ADU of docs/protocol.md, §4.13 comes out byte-exact.
 * **Unlabelled but populated slots** (``name=None``) show ``||||||`` in continuous frames and
   six spaces in the Modbus name registers.
 * **Unpopulated slots** read as zero memory: value registers ``00 00 00 00`` (0.0), name and
@@ -32,7 +32,7 @@ Decisions where the device documentation is silent (protocol.md §13), all LIB:
 * **Over-range** (``set_value(ch, None)``) is ``++++++`` in continuous frames and quiet NaN
   (``7F C0 00 00``) in the value registers.
 * **Analyser fault** is set explicitly (``set_analyser``) *or* by any transducer's fault, as in
-  the worked frame of protocol.md §3.6.
+  the worked frame of docs/protocol.md, §3.7.
 * **External inputs**: the Invalid flag is status bit 0 over Modbus and ``F`` in continuous
   frames (both decode to ``fault``); maintenance, calibration and warm-up do not apply.
 * **Derived channels** copy bits 0-3 (fault, maintenance, calibrating, warming up) from their
@@ -50,27 +50,9 @@ import dataclasses
 import enum
 import math
 import random
-import unicodedata
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-
-from anymodbus.crc import crc16_modbus_bytes, verify_crc
-from anymodbus.exceptions import ProtocolError as _ModbusProtocolError
-from anymodbus.lrc import lrc8_bytes, verify_lrc
-from anymodbus.pdu import (
-    decode_diagnostic_loopback_request,
-    decode_read_coils_request,
-    decode_read_discrete_inputs_request,
-    decode_read_input_registers_request,
-    decode_write_single_coil_request,
-    encode_diagnostic_loopback_response,
-    encode_exception_response,
-    encode_read_coils_response,
-    encode_read_discrete_inputs_response,
-    encode_read_input_registers_response,
-    encode_write_single_coil_response,
-)
 
 from ..devices.models import (
     AnalyserStatus,
@@ -81,24 +63,35 @@ from ..devices.models import (
     ProtocolKind,
     coerce_channel,
 )
-from ..errors import ErrorContext, ServomexValidationError
-from ..units import Unit
+from ..errors import ErrorContext
+from ..validation import check_address
 from ..wire.channels import (
-    ANALYSER_STATUS_COUNT,
-    ANALYSER_STATUS_PDU,
     CAL_GROUPS,
-    CHANNEL_TABLE,
-    DISCRETES_PER_CHANNEL,
-    REGISTERS_PER_CHANNEL,
     STOP_CALIBRATION_COIL,
     encode_analyser_bits,
     encode_status_bits,
     spec_for,
-    start_calibration_coil,
 )
-from ..wire.charset import encode_display
 from ..wire.continuous import build_frame, format_block, format_header, format_value
 from ..wire.registers import encode_channel_block
+from .channels import (
+    DEFAULT_4100D_CHANNELS,
+    SimChannel,
+    check_channel_list,
+    describe_channels,
+    sim_error,
+)
+from .framing import (
+    AsciiRequestSplitter,
+    ModbusRequest,
+    RequestOutcome,
+    RtuRequestSplitter,
+    SimRequest,
+    ascii_adu,
+    corrupt_adu,
+    rtu_adu,
+)
+from .pdu import CHANNEL_DISCRETE_COUNT, COIL_ADDRESSES, INPUT_REGISTER_COUNT, answer_pdu
 
 __all__ = [
     "COIL_ADDRESSES",
@@ -114,226 +107,11 @@ __all__ = [
     "SimChannel",
     "SimRequest",
     "ascii_adu",
+    "check_mode",
     "corrupt_adu",
+    "describe_channels",
     "rtu_adu",
 ]
-
-#: FC04 space: 10 slots × 7 registers (protocol.md §4.4).
-INPUT_REGISTER_COUNT = len(CHANNEL_TABLE) * REGISTERS_PER_CHANNEL
-#: FC02 channel space: 10 slots × 8 discretes.
-CHANNEL_DISCRETE_COUNT = len(CHANNEL_TABLE) * DISCRETES_PER_CHANNEL
-#: Coils that exist (protocol.md §4.9): start groups 1-4 and stop-all.
-COIL_ADDRESSES = (*(start_calibration_coil(g) for g in CAL_GROUPS), STOP_CALIBRATION_COIL)
-
-_FC_READ_COILS = 0x01
-_FC_READ_DISCRETES = 0x02
-_FC_READ_INPUT_REGISTERS = 0x04
-_FC_WRITE_COIL = 0x05
-_FC_DIAGNOSTICS = 0x08
-_EXC_ILLEGAL_FUNCTION = 0x01
-_EXC_ILLEGAL_ADDRESS = 0x02
-_EXC_ILLEGAL_VALUE = 0x03
-
-_ORDER = {cid: i for i, cid in enumerate(ChannelId)}  # I1..I4, D1..D4, E1, E2: continuous order
-
-
-def _validation(message: str) -> ServomexValidationError:
-    return ServomexValidationError(message, context=ErrorContext(protocol="sim"))
-
-
-# --------------------------------------------------------------------------------------------
-# Channel configuration
-
-
-def _unit_text(unit: str | Unit | None, kind: ChannelKind) -> str:
-    if unit is None:
-        return "mA" if kind is ChannelKind.EXTERNAL_INPUT else "%"
-    text = str(unit.value if isinstance(unit, Unit) else unit).strip(" \x00")
-    if len(text) > 3:
-        raise _validation(f"unit {unit!r} is longer than the 3-character unit field")
-    return text
-
-
-@dataclasses.dataclass(frozen=True, slots=True, init=False)
-class SimChannel:
-    """Configuration of one simulated channel slot.
-
-    Args:
-        channel: the slot (``ChannelId`` or its exact wire id, e.g. ``"I1"``).
-        name: display name (``"Oxygen"``, ``"CO₂"``); None or empty → unlabelled slot
-            (``||||||`` in continuous frames, six spaces in the Modbus name registers).
-        unit: unit text (``"%"``, ``"vpm"``, ``"ppm"``, ``"mA"``) or a :class:`Unit`; None →
-            ``mA`` for external inputs, ``%`` otherwise. Shown in a 3-character field
-            (``" % "``, ``" mA"``, ``"vpm"``).
-        value: initial value; None → over-range.
-        decimals: digits after the point in continuous frames; None → 1 for mA, else 3.
-        name_bytes: raw display-ROM name for the Modbus registers (≤ 6 bytes, space padded),
-            e.g. ``b"CO\\x82   "``; default: ``name`` through the display charset.
-        continuous_name: ASCII name for continuous frames; default: ``name`` folded to ASCII
-            (``CO₂`` → ``CO2``).
-        parent: the transducer a derived channel copies status bits 0-3 from
-            (default D\\ *n* → I\\ *n*); only meaningful for D-channels.
-        cal_group: the autocalibration group (1-4) the channel belongs to, if any.
-
-    Raises:
-        ServomexValidationError: unknown channel id, bad unit/name length, bad group.
-    """
-
-    channel: ChannelId
-    name: str | None
-    unit: str
-    value: float | None
-    decimals: int | None
-    name_bytes: bytes | None
-    continuous_name: str | None
-    parent: ChannelId | None
-    cal_group: int | None
-
-    def __init__(
-        self,
-        channel: ChannelId | str,
-        *,
-        name: str | None = None,
-        unit: str | Unit | None = None,
-        value: float | None = 0.0,
-        decimals: int | None = None,
-        name_bytes: bytes | None = None,
-        continuous_name: str | None = None,
-        parent: ChannelId | str | None = None,
-        cal_group: int | None = None,
-    ) -> None:
-        cid = coerce_channel(channel)
-        name = name or None
-        if decimals is not None and not 0 <= decimals <= 5:
-            raise _validation(f"decimals must be 0-5, got {decimals!r}")
-        if name_bytes is not None:
-            name_bytes = bytes(name_bytes)
-            if len(name_bytes) > 6:
-                raise _validation(f"name_bytes is {len(name_bytes)} bytes; the name field holds 6")
-        if continuous_name is not None and len(continuous_name) > 6:
-            raise _validation(f"continuous_name {continuous_name!r} exceeds 6 characters")
-        if name is not None and name_bytes is None and len(name) > 6:
-            raise _validation(f"name {name!r} exceeds the 6-character name field")
-        parent_id = None if parent is None else coerce_channel(parent)
-        if parent_id is not None and parent_id.kind is not ChannelKind.TRANSDUCER:
-            raise _validation(f"parent of {cid.value} must be a transducer, got {parent_id}")
-        if cal_group is not None and cal_group not in CAL_GROUPS:
-            raise _validation(f"cal_group must be 1-4, got {cal_group!r}")
-        fields = {
-            "channel": cid,
-            "name": name,
-            "unit": _unit_text(unit, cid.kind),
-            "value": None if value is None else float(value),
-            "decimals": decimals,
-            "name_bytes": name_bytes,
-            "continuous_name": continuous_name,
-            "parent": parent_id,
-            "cal_group": cal_group,
-        }
-        for key, item in fields.items():
-            object.__setattr__(self, key, item)
-
-    @property
-    def kind(self) -> ChannelKind:
-        return self.channel.kind
-
-    @property
-    def unit_field(self) -> str:
-        """The 3-character unit field as sent in continuous mode: ``" % "``, ``" mA"``."""
-        text = str(self.unit)
-        return text if len(text) >= 3 else (" " + text).ljust(3)
-
-    @property
-    def unit_bytes(self) -> bytes:
-        """The 4 bytes of the Modbus unit registers: the unit field plus a NUL."""
-        return encode_display(self.unit_field) + b"\x00"
-
-    @property
-    def modbus_name(self) -> bytes:
-        """The 6 display-ROM bytes of the Modbus name registers."""
-        if self.name_bytes is not None:
-            return self.name_bytes.ljust(6, b" ")
-        if self.name is None:
-            return b" " * 6
-        return encode_display(self.name)[:6].ljust(6, b" ")
-
-    @property
-    def continuous_label(self) -> str | None:
-        """The name as sent in continuous frames (plain ASCII), or None if unlabelled."""
-        if self.continuous_name is not None:
-            return self.continuous_name or None
-        if self.name is None:
-            return None
-        folded = unicodedata.normalize("NFKC", self.name)
-        return folded.encode("ascii", "replace").decode("ascii")[:6]
-
-    @property
-    def resolved_decimals(self) -> int:
-        if self.decimals is not None:
-            return self.decimals
-        return 1 if str(self.unit).casefold() == "ma" else 3
-
-    @property
-    def resolved_parent(self) -> ChannelId | None:
-        if self.kind is not ChannelKind.DERIVED:
-            return None
-        if self.parent is not None:
-            return self.parent
-        return ChannelId("I" + self.channel.value[1])
-
-
-#: The measured 4100D (protocol.md §3.9): I1 Oxygen, I2 CO, I3 CO₂ (display-ROM name
-#: ``43 4F 82 20 20 20`` over Modbus, ``CO2`` in continuous mode), E1/E2 unlabelled mA inputs.
-#: Calibration groups (LIB): one per transducer.
-DEFAULT_4100D_CHANNELS: tuple[SimChannel, ...] = (
-    SimChannel(ChannelId.I1, name="Oxygen", unit="%", value=20.378, cal_group=1),
-    SimChannel(ChannelId.I2, name="CO", unit="%", value=0.084, cal_group=2),
-    SimChannel(
-        ChannelId.I3,
-        name="CO₂",
-        unit="%",
-        value=0.250,
-        name_bytes=b"CO\x82   ",
-        continuous_name="CO2",
-        cal_group=3,
-    ),
-    SimChannel(ChannelId.E1, unit="mA", value=0.0),
-    SimChannel(ChannelId.E2, unit="mA", value=0.0),
-)
-
-
-# --------------------------------------------------------------------------------------------
-# Logs
-
-
-class RequestOutcome(enum.StrEnum):
-    """What became of one Modbus request seen on the simulated line."""
-
-    ANSWERED = "answered"  # normal reply sent
-    EXCEPTION = "exception"  # exception reply sent (01, 02, 03)
-    SILENCE_DROPPED = "silence_dropped"  # lost to the measured silence rule (protocol.md §9.1)
-    DROPPED = "dropped"  # processed, reply suppressed by drop_next() or lose_replies()
-    CORRUPTED = "corrupted"  # processed, reply sent with a corrupted CRC/LRC (corrupt_next())
-    DELAYED = "delayed"  # processed, normal reply sent ``delay_s`` late (delay_next())
-    MUTED = "muted"  # processed, no reply because the analyser is muted
-    BAD_CHECKSUM = "bad_checksum"  # CRC/LRC or framing error: silently ignored
-    OTHER_ADDRESS = "other_address"  # addressed to another slave: silently ignored
-    BROADCAST = "broadcast"  # address 0: silently ignored
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SimRequest:
-    """One entry of ``Simulator.requests``: when, the raw request ADU, what happened.
-
-    ``reply`` is the reply ADU built (also when it was then dropped or muted); ``delay_s`` how
-    much later than normal it was transmitted (``Simulator.delay_next``).
-    """
-
-    time: float
-    adu: bytes
-    outcome: RequestOutcome
-    reply: bytes | None = None
-    delay_s: float = 0.0
 
 
 class CoilAction(enum.StrEnum):
@@ -352,175 +130,6 @@ class CoilWrite:
     on: bool
     action: CoilAction
     group: int | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Framing (pure)
-
-
-def rtu_adu(address: int, pdu: bytes) -> bytes:
-    """``addr · PDU · CRC16`` (CRC low byte first)."""
-    head = bytes((address,)) + pdu
-    return head + crc16_modbus_bytes(head)
-
-
-def ascii_adu(address: int, pdu: bytes) -> bytes:
-    """``':' · HEX(addr · PDU · LRC) · CR LF``, uppercase hex."""
-    body = bytes((address,)) + pdu
-    return b":" + (body + lrc8_bytes(body)).hex().upper().encode("ascii") + b"\r\n"
-
-
-def corrupt_adu(adu: bytes, framing: ProtocolKind) -> bytes:
-    """The same ADU with its check value broken (one bit of the CRC / LRC flipped)."""
-    if framing is ProtocolKind.MODBUS_ASCII:
-        body = bytearray(bytes.fromhex(adu[1:-2].decode("ascii")))
-        body[-1] ^= 0x01
-        return b":" + bytes(body).hex().upper().encode("ascii") + b"\r\n"
-    out = bytearray(adu)
-    out[-2] ^= 0x01
-    return bytes(out)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModbusRequest:
-    """A request ADU cut from the line. ``valid`` is False for a CRC/LRC or framing error."""
-
-    start: float  # line time of its first character
-    end: float  # line time its last character was complete
-    framing: ProtocolKind
-    adu: bytes
-    valid: bool
-    address: int = -1
-    pdu: bytes = b""
-
-
-# Request lengths by function code (addr + PDU + CRC) for the length-aware RTU splitter.
-_RTU_FIXED_LENGTH = {0x01: 8, 0x02: 8, 0x03: 8, 0x04: 8, 0x05: 8, 0x06: 8, 0x08: 8}
-_RTU_BYTE_COUNT_AT_6 = frozenset({0x0F, 0x10})
-_RTU_MAX = 256
-
-
-class RtuRequestSplitter:
-    """Cuts Modbus RTU requests out of the bytes a host sends.
-
-    A request ends at the length its function code implies (FC01-06, 08: 8 bytes; FC15/16:
-    9 + byte count); for other codes the shortest CRC-valid prefix is taken. A silence longer
-    than ``gap_s`` between two characters discards any partial request, as the t3.5 rule does on
-    a real slave. The buffer never exceeds 256 bytes (the largest RTU ADU).
-    """
-
-    __slots__ = ("_buf", "_gap", "_last_end", "_start", "garbage_bytes")
-
-    def __init__(self, gap_s: float) -> None:
-        self._gap = gap_s
-        self._buf = bytearray()
-        self._start = 0.0
-        self._last_end = -math.inf
-        self.garbage_bytes = 0
-
-    def feed(self, data: bytes, start: float, char_time: float) -> list[ModbusRequest]:
-        """Feed ``data`` whose first character begins at ``start``; return finished requests."""
-        out: list[ModbusRequest] = []
-        if self._buf and start - self._last_end > self._gap:
-            self.garbage_bytes += len(self._buf)
-            self._buf.clear()
-        for i, byte in enumerate(data):
-            t = start + i * char_time
-            if not self._buf:
-                self._start = t
-            self._buf.append(byte)
-            self._last_end = t + char_time
-            length = self._length()
-            if length is None:
-                if len(self._buf) >= _RTU_MAX:
-                    self.garbage_bytes += len(self._buf)
-                    self._buf.clear()
-                continue
-            adu = bytes(self._buf[:length])
-            del self._buf[:length]
-            valid = verify_crc(adu)
-            out.append(
-                ModbusRequest(
-                    self._start,
-                    self._last_end,
-                    ProtocolKind.MODBUS_RTU,
-                    adu,
-                    valid,
-                    adu[0] if valid else -1,
-                    adu[1:-2] if valid else b"",
-                )
-            )
-        return out
-
-    def _length(self) -> int | None:
-        buf = self._buf
-        if len(buf) < 2:
-            return None
-        fc = buf[1]
-        fixed = _RTU_FIXED_LENGTH.get(fc)
-        if fixed is not None:
-            return fixed if len(buf) >= fixed else None
-        if fc in _RTU_BYTE_COUNT_AT_6:
-            if len(buf) < 7:
-                return None
-            total = 9 + buf[6]
-            return total if len(buf) >= total else None
-        # Unknown function code: the request is complete once its CRC verifies.
-        return len(buf) if len(buf) >= 4 and verify_crc(bytes(buf)) else None
-
-
-_ASCII_MAX = 1 + 2 * 256 + 2
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-
-
-class AsciiRequestSplitter:
-    """Cuts Modbus ASCII requests (``:`` … CR LF) out of the bytes a host sends.
-
-    Bytes before ``:`` are discarded; a new ``:`` restarts the frame; LF ends it (a CR before
-    it is stripped). Odd or non-hex content or a bad LRC yields an invalid request. The buffer
-    is bounded by the largest ASCII ADU.
-    """
-
-    __slots__ = ("_buf", "_start", "garbage_bytes")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._start = 0.0
-        self.garbage_bytes = 0
-
-    def feed(self, data: bytes, start: float, char_time: float) -> list[ModbusRequest]:
-        out: list[ModbusRequest] = []
-        for i, byte in enumerate(data):
-            t = start + i * char_time
-            if byte == 0x3A:  # ':'
-                self.garbage_bytes += len(self._buf)
-                self._buf = bytearray(b":")
-                self._start = t
-                continue
-            if not self._buf:
-                self.garbage_bytes += 1
-                continue
-            if byte == 0x0A:
-                self._buf.append(byte)
-                out.append(self._finish(bytes(self._buf), t + char_time))
-                self._buf.clear()
-                continue
-            self._buf.append(byte)
-            if len(self._buf) > _ASCII_MAX:
-                self.garbage_bytes += len(self._buf)
-                self._buf.clear()
-        return out
-
-    def _finish(self, frame: bytes, end: float) -> ModbusRequest:
-        hex_part = frame[1:].rstrip(b"\r\n")
-        if len(hex_part) % 2 or len(hex_part) < 6 or not _HEX_DIGITS.issuperset(hex_part):
-            return ModbusRequest(self._start, end, ProtocolKind.MODBUS_ASCII, frame, False)
-        body = bytes.fromhex(hex_part.decode("ascii"))
-        if not verify_lrc(body):
-            return ModbusRequest(self._start, end, ProtocolKind.MODBUS_ASCII, frame, False)
-        return ModbusRequest(
-            self._start, end, ProtocolKind.MODBUS_ASCII, frame, True, body[0], body[1:-1]
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,20 +170,19 @@ class _CalGroup:
         return True, 1 if elapsed < self.gas1_s else 2
 
 
-def _check_mode(mode: ProtocolKind | str) -> ProtocolKind:
+def check_mode(mode: ProtocolKind | str) -> ProtocolKind:
+    """The simulator's wire mode: continuous, Modbus RTU or Modbus ASCII (not AUTO)."""
     try:
         kind = ProtocolKind(mode)
     except ValueError:
-        raise _validation(f"unknown simulator mode {mode!r}") from None
+        raise sim_error(f"unknown simulator mode {mode!r}") from None
     if kind is ProtocolKind.AUTO:
-        raise _validation("the simulator needs a concrete mode, not auto")
+        raise sim_error("the simulator needs a concrete mode, not auto")
     return kind
 
 
 def _check_address(address: int) -> int:
-    if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 247:
-        raise _validation(f"slave address must be 1-247, got {address!r}")
-    return address
+    return check_address(address, ErrorContext(protocol="sim"))
 
 
 class AnalyserModel:
@@ -605,17 +213,8 @@ class AnalyserModel:
         clock_origin: datetime,
         now: float,
     ) -> None:
-        configs = list(channels)
-        for c in configs:
-            if not isinstance(c, SimChannel):
-                raise _validation(f"channels must be SimChannel objects, got {c!r}")
-        ids = [c.channel for c in configs]
-        if len(set(ids)) != len(ids):
-            raise _validation(f"duplicate channel in {[i.value for i in ids]}")
-        if not 3 <= len(configs) <= 7:
-            raise _validation(f"the analyser has 3-7 channels, got {len(configs)}")
-        configs.sort(key=lambda c: _ORDER[c.channel])
-        self.mode = _check_mode(mode)
+        configs = check_channel_list(channels)
+        self.mode = check_mode(mode)
         self.address = _check_address(address)
         self.reject_gaps = bool(reject_gaps)
         self._rng = random.Random(seed)
@@ -651,14 +250,23 @@ class AnalyserModel:
             return self._channels[cid]
         except KeyError:
             present = ", ".join(c.value for c in self._channels)
-            raise _validation(
-                f"channel {cid.value} is not simulated (channels: {present})"
-            ) from None
+            raise sim_error(f"channel {cid.value} is not simulated (channels: {present})") from None
+
+    def shift_time(self, delta: float) -> None:
+        """Move every stored instant by ``delta`` seconds: the same state on a timeline whose
+        readings are ``delta`` larger (a simulator joining a line with another clock)."""
+        for state in self._channels.values():
+            state.since += delta
+            state.warm_until += delta
+        for cal in self._groups.values():
+            if cal.started_at is not None:
+                cal.started_at += delta
+        self._clock_t0 += delta
 
     # ---------------------------------------------------------------- scenario control
 
     def set_mode(self, mode: ProtocolKind | str) -> None:
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
 
     def set_address(self, address: int) -> None:
         self.address = _check_address(address)
@@ -698,7 +306,7 @@ class AnalyserModel:
         """Move the value by ``rate_per_s`` (towards ``target`` and stopping there, when given)
         and add Gaussian noise of standard deviation ``noise`` to every reading."""
         if noise < 0:
-            raise _validation(f"noise must be >= 0, got {noise!r}")
+            raise sim_error(f"noise must be >= 0, got {noise!r}")
         state = self._state(ch)
         state.base = self._drifted(state, now)
         state.since = now
@@ -718,18 +326,18 @@ class AnalyserModel:
         state = self._state(ch)
         self._own_flags(state, "maintenance")
         if state.config.kind is ChannelKind.EXTERNAL_INPUT:
-            raise _validation(f"{state.config.channel.value}: external inputs have no maintenance")
+            raise sim_error(f"{state.config.channel.value}: external inputs have no maintenance")
         state.maintenance = bool(on)
 
     def set_invalid(self, ch: ChannelId | str, on: bool = True) -> None:
         state = self._state(ch)
         if state.config.kind is not ChannelKind.EXTERNAL_INPUT:
-            raise _validation(f"{state.config.channel.value}: only E-channels have Invalid")
+            raise sim_error(f"{state.config.channel.value}: only E-channels have Invalid")
         state.invalid = bool(on)
 
     def set_alarm(self, ch: ChannelId | str, n: int, on: bool = True) -> None:
         if n not in (1, 2, 3, 4):
-            raise _validation(f"alarm number must be 1-4, got {n!r}")
+            raise sim_error(f"alarm number must be 1-4, got {n!r}")
         self._state(ch).alarms[n - 1] = bool(on)
 
     def set_analyser(self, *, fault: bool | None = None, maintenance: bool | None = None) -> None:
@@ -750,7 +358,7 @@ class AnalyserModel:
             targets = [self._state(c) for c in channels]
         for state in targets:
             if state.config.kind is not ChannelKind.TRANSDUCER:
-                raise _validation(f"{state.config.channel.value}: only transducers warm up")
+                raise sim_error(f"{state.config.channel.value}: only transducers warm up")
             state.warm_until = now + float(seconds)
 
     def configure_calibration(
@@ -764,9 +372,9 @@ class AnalyserModel:
         """Assign ``channels`` to cal group ``group`` (replacing its members) and set the
         length of the gas-1 and gas-2 phases."""
         if group not in CAL_GROUPS:
-            raise _validation(f"calibration group must be 1-4, got {group!r}")
+            raise sim_error(f"calibration group must be 1-4, got {group!r}")
         if gas1_s < 0 or gas2_s < 0:
-            raise _validation("gas1_s and gas2_s must be >= 0")
+            raise sim_error("gas1_s and gas2_s must be >= 0")
         members = frozenset(self._state(c).config.channel for c in channels)
         cal = self._groups[group]
         cal.channels = members
@@ -795,7 +403,7 @@ class AnalyserModel:
     @staticmethod
     def _own_flags(state: _ChannelState, what: str) -> None:
         if state.config.kind is ChannelKind.DERIVED:
-            raise _validation(
+            raise sim_error(
                 f"{state.config.channel.value}: derived channels copy {what} from their parent"
             )
 
@@ -922,86 +530,15 @@ class AnalyserModel:
     def coil(self, address: int) -> bool:
         return self._coils[address]
 
-    def _populated_ranges(self, space: int) -> list[range]:
-        out = []
-        for cid in self._channels:
-            spec = spec_for(cid)
-            if space == _FC_READ_INPUT_REGISTERS:
-                out.append(range(spec.value_register, spec.register_end))
-            else:
-                out.append(range(spec.status_discrete, spec.discrete_end))
-        return out
-
-    def _touches_gap(self, start: int, count: int, space: int) -> bool:
-        populated = self._populated_ranges(space)
-        return any(not any(addr in r for r in populated) for addr in range(start, start + count))
-
     def handle_pdu(self, pdu: bytes, now: float) -> bytes:
-        """Answer one request PDU (function code + data) with a response PDU.
-
-        Exception 01 for function codes other than 01/02/04/05/08 (and FC08 sub-functions
-        other than 0), 02 outside the map (or touching an unpopulated slot with
-        ``reject_gaps``), 03 for malformed requests and out-of-range quantities.
-        """
-        if not pdu:
-            return encode_exception_response(0x01, _EXC_ILLEGAL_FUNCTION)
-        fc = pdu[0]
-        if not 1 <= fc <= 0x7F:
-            return encode_exception_response(fc & 0x7F or 1, _EXC_ILLEGAL_FUNCTION)
-        try:
-            return self._dispatch(fc, pdu, now)
-        except _ModbusProtocolError:
-            return encode_exception_response(fc, _EXC_ILLEGAL_VALUE)
-        except _ModbusException as exc:
-            return encode_exception_response(fc, exc.code)
-
-    def _dispatch(self, fc: int, pdu: bytes, now: float) -> bytes:
-        if fc == _FC_READ_INPUT_REGISTERS:
-            req = decode_read_input_registers_request(pdu)
-            if req.address + req.count > INPUT_REGISTER_COUNT:
-                raise _ModbusException(_EXC_ILLEGAL_ADDRESS)
-            if self.reject_gaps and self._touches_gap(req.address, req.count, fc):
-                raise _ModbusException(_EXC_ILLEGAL_ADDRESS)
-            words = self.input_registers(now)[req.address : req.address + req.count]
-            return encode_read_input_registers_response(words)
-        if fc == _FC_READ_DISCRETES:
-            req = decode_read_discrete_inputs_request(pdu)
-            end = req.address + req.count
-            if end <= CHANNEL_DISCRETE_COUNT:
-                if self.reject_gaps and self._touches_gap(req.address, req.count, fc):
-                    raise _ModbusException(_EXC_ILLEGAL_ADDRESS)
-                bits = self.channel_discretes(now)[req.address : end]
-            elif (
-                req.address >= ANALYSER_STATUS_PDU
-                and end <= ANALYSER_STATUS_PDU + ANALYSER_STATUS_COUNT
-            ):
-                offset = req.address - ANALYSER_STATUS_PDU
-                bits = self.analyser_discretes(now)[offset : offset + req.count]
-            else:
-                raise _ModbusException(_EXC_ILLEGAL_ADDRESS)
-            return encode_read_discrete_inputs_response(bits)
-        if fc == _FC_READ_COILS:
-            req = decode_read_coils_request(pdu)
-            addresses = range(req.address, req.address + req.count)
-            if any(a not in self._coils for a in addresses):
-                raise _ModbusException(_EXC_ILLEGAL_ADDRESS)
-            return encode_read_coils_response([self._coils[a] for a in addresses])
-        if fc == _FC_WRITE_COIL:
-            write = decode_write_single_coil_request(pdu)
-            if write.address not in self._coils:
-                raise _ModbusException(_EXC_ILLEGAL_ADDRESS)
-            self.write_coil(write.address, write.on, now=now)
-            return encode_write_single_coil_response(write.address, on=write.on)
-        if fc == _FC_DIAGNOSTICS:
-            if len(pdu) == 5 and pdu[1:3] != b"\x00\x00":
-                raise _ModbusException(_EXC_ILLEGAL_FUNCTION)
-            return encode_diagnostic_loopback_response(decode_diagnostic_loopback_request(pdu))
-        raise _ModbusException(_EXC_ILLEGAL_FUNCTION)
+        """Answer one request PDU (function code + data) with a response PDU (normal or
+        exception; see :func:`servomexlib.sim.pdu.answer_pdu`)."""
+        return answer_pdu(self, pdu, now)
 
     def write_coil(self, address: int, on: bool, *, now: float) -> CoilWrite:
         """Apply an FC05 write: store the value, act on a 0→1 edge, log it."""
         if address not in self._coils:
-            raise _validation(f"coil {address} does not exist (coils: {COIL_ADDRESSES})")
+            raise sim_error(f"coil {address} does not exist (coils: {COIL_ADDRESSES})")
         edge = on and not self._coils[address]
         self._coils[address] = bool(on)
         action, group = CoilAction.NONE, None
@@ -1016,18 +553,3 @@ class AnalyserModel:
         entry = CoilWrite(now, address, bool(on), action, group)
         self.coil_log.append(entry)
         return entry
-
-
-class _ModbusException(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def describe_channels(channels: Sequence[SimChannel]) -> str:
-    """Short text for logs and the CLI banner: ``I1 Oxygen 20.378 %, …``."""
-    parts = []
-    for c in channels:
-        name = c.name if c.name is not None else "(unlabelled)"
-        parts.append(f"{c.channel.value} {name} {c.value} {c.unit}")
-    return ", ".join(parts)

@@ -1,4 +1,4 @@
-"""Default channel slots and the named scenarios of ``sim://?scenario=`` and the CLI (api.md §16.1).
+"""Default channel slots and the named scenarios of ``sim://?scenario=`` and the CLI.
 
 A preset is a function applied to a freshly built :class:`~servomexlib.sim.Simulator`; it only
 calls the simulator's public scenario methods, so anything a preset does a test can do too.
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from ..devices.models import ChannelId, ChannelKind, ProtocolKind, coerce_channel
 from ..errors import ServomexValidationError
-from .model import DEFAULT_4100D_CHANNELS, SimChannel
+from .channels import DEFAULT_4100D_CHANNELS, SimChannel
 
 if TYPE_CHECKING:
-    from .serve import Simulator
+    from .simulator import Simulator
 
 __all__ = [
     "CALIBRATION_PRESET_GAS1_S",

@@ -1,4 +1,5 @@
-"""Sinks that store samples, and :func:`pipe` to feed them from a recording (api.md §10).
+"""Sinks that store samples, and :func:`pipe` to feed them from a recording
+(docs/recording-and-sinks.md).
 
 Every sink stores the same 22 declared columns (:data:`SCHEMA`, see :func:`sample_to_row`) and
 has the same life cycle: ``open()``, ``write_many(samples)``, ``close()``, ``async with``.

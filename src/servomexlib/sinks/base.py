@@ -1,10 +1,10 @@
 """The sink contract and the machinery the concrete sinks share.
 
-Every sink has the same life cycle (api.md §10): ``open()`` (idempotent), ``write_many(samples)``
-(RuntimeError unless open; an empty sequence is a no-op), ``close()`` (idempotent), and
-``async with``. :class:`BaseSink` implements that contract once: concrete sinks only provide
-``_open``/``_write``/``_close``. Calls are serialised by a lock so batches reach the medium in
-the order they were handed over, even from several tasks.
+Every sink has the same life cycle (docs/recording-and-sinks.md): ``open()`` (idempotent),
+``write_many(samples)`` (RuntimeError unless open; an empty sequence is a no-op), ``close()``
+(idempotent), and ``async with``. :class:`BaseSink` implements that contract once: concrete
+sinks only provide ``_open``/``_write``/``_close``. Calls are serialised by a lock so batches
+reach the medium in the order they were handed over, even from several tasks.
 
 Blocking file and database work runs in worker threads (``anyio.to_thread.run_sync``), which
 anyio never abandons on cancellation: a batch whose write has started is always finished before
@@ -28,6 +28,7 @@ from ..errors import ErrorContext, ServomexValidationError
 __all__ = [
     "IDENTIFIER_RE",
     "BaseSink",
+    "ReportsOpen",
     "Sink",
     "rotated_paths",
     "validate_identifier",
@@ -35,7 +36,7 @@ __all__ = [
 
 logger = logging.getLogger("servomexlib.sinks")
 
-#: Table and schema names accepted by the SQL sinks (api.md §10).
+#: Table and schema names accepted by the SQL sinks (docs/recording-and-sinks.md).
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -57,6 +58,15 @@ class Sink(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+@runtime_checkable
+class ReportsOpen(Protocol):
+    """A sink that says whether it is open. Every :class:`BaseSink` does; a sink of the
+    caller's own need not (then nothing can be checked before the first write)."""
+
+    @property
+    def is_open(self) -> bool: ...
 
 
 def validate_identifier(name: str, what: str) -> str:

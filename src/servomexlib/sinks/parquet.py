@@ -83,7 +83,7 @@ def _column_array(pa: Any, values: list[Any], kind: Any) -> Any:
 
 
 class ParquetSink(BaseSink):
-    """Write samples to a Parquet file (api.md §10).
+    """Write samples to a Parquet file (docs/recording-and-sinks.md).
 
     Column types come from the declared schema (string, float64, bool, int64), all nullable.
     Each ``write_many`` becomes one row group (split further only when ``row_group_size`` is

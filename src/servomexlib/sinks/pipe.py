@@ -10,7 +10,7 @@ import anyio
 
 from ..devices.models import Sample
 from ..streaming.recorder import AcquisitionSummary
-from .base import Sink
+from .base import ReportsOpen, Sink
 
 __all__ = ["pipe"]
 
@@ -22,7 +22,7 @@ async def pipe(
     batch_size: int = 64,
     flush_interval: float = 1.0,
 ) -> AcquisitionSummary:
-    """Write every sample of ``stream`` to ``sink`` in batches (api.md §10).
+    """Write every sample of ``stream`` to ``sink`` in batches (docs/recording-and-sinks.md).
 
     ``stream`` yields per-tick batches (``Recording.stream``); each batch is flattened into a
     buffer (a bare :class:`Sample`, as a ``StreamingSession`` yields, is taken as a batch of
@@ -60,7 +60,7 @@ async def pipe(
         or flush_interval < 0
     ):
         raise ValueError(f"flush_interval must be a finite number >= 0, got {flush_interval!r}")
-    if getattr(sink, "is_open", True) is False:
+    if isinstance(sink, ReportsOpen) and not sink.is_open:
         raise RuntimeError(f"pipe() needs an open sink: call {type(sink).__name__}.open() first")
 
     summary = AcquisitionSummary(started_at=datetime.now(UTC))

@@ -46,8 +46,7 @@ from ..errors import (
 )
 from .base import BaseSink, logger, quote_identifier, validate_identifier
 from .pgcopy import PG_TYPE_NAMES, copy_payload
-from .schema import COLUMNS, SCHEMA, ColumnType, RowValues, batch_columns
-from .sqlite import _select_columns
+from .schema import COLUMNS, SCHEMA, ColumnType, RowValues, batch_columns, select_columns
 
 __all__ = ["PostgresConfig", "PostgresSink"]
 
@@ -59,7 +58,7 @@ _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORE
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PostgresConfig:
-    """Where and how :class:`PostgresSink` writes (api.md §10).
+    """Where and how :class:`PostgresSink` writes (docs/recording-and-sinks.md).
 
     Give either ``dsn`` (``postgresql://user:password@host:port/database``) or ``host`` (with
     ``port``, ``user``, ``password``, ``database``), not both. ``schema`` and ``table`` must
@@ -206,7 +205,7 @@ class _LoopThread:
 
 
 class PostgresSink(BaseSink):
-    """Write samples into a PostgreSQL table through an asyncpg pool (api.md §10).
+    """Write samples into a PostgreSQL table through an asyncpg pool (docs/recording-and-sinks.md).
 
     With ``create_table=True`` the schema and table are created if missing (text, double
     precision, boolean, bigint); otherwise (the default) the table must exist and its columns
@@ -337,7 +336,7 @@ class PostgresSink(BaseSink):
                 context=ErrorContext(extra={"target": cfg.target()}),
             )
         present = {row[0] for row in rows}
-        self._columns = _select_columns(present, f"PostgreSQL table {cfg.schema}.{cfg.table}")
+        self._columns = select_columns(present, f"PostgreSQL table {cfg.schema}.{cfg.table}")
         self._indexes = tuple(COLUMNS.index(name) for name in self._columns)
         self._types = tuple(SCHEMA[i].type for i in self._indexes)
         # Our own binary COPY encoding is only valid for the declared column types; a table

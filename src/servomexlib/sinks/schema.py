@@ -1,4 +1,5 @@
-"""The declared row schema of every sink and the Sample → row conversion (api.md §10).
+"""The declared row schema of every sink and the Sample → row conversion
+(docs/recording-and-sinks.md).
 
 Theory of operation
 -------------------
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from itertools import repeat
 from typing import Any, Final
 
 from ..devices.models import Sample, ValueState
+from ..errors import ServomexSinkSchemaError
 
 __all__ = [
     "COLUMNS",
@@ -46,7 +49,11 @@ __all__ = [
     "repeated",
     "sample_to_row",
     "sample_to_values",
+    "select_columns",
 ]
+
+#: The sinks' logger (the one :mod:`.base` uses).
+_log = logging.getLogger("servomexlib.sinks")
 
 
 class ColumnType(enum.StrEnum):
@@ -91,7 +98,7 @@ class Column:
     nullable: bool = True
 
 
-#: The 22 columns of api.md §10, in order.
+#: The 22 columns of the row schema (docs/recording-and-sinks.md), in order.
 SCHEMA: Final[tuple[Column, ...]] = (
     Column("device", ColumnType.TEXT, nullable=False),
     Column("channel", ColumnType.TEXT),
@@ -289,7 +296,8 @@ def sample_to_values(sample: Sample) -> RowValues:
 
 
 def sample_to_row(sample: Sample) -> dict[str, Any]:
-    """The 22-column row of ``sample`` as a dict of native Python values (api.md §10).
+    """The 22-column row of ``sample`` as a dict of native Python values
+    (docs/recording-and-sinks.md).
 
     Keys are :data:`COLUMNS` in order. Enums are given as their values (``"I1"``,
     ``"transducer"``, ``"%"``, ``"modbus_rtu"``, ``value_state`` ``"ok"``/``"over_range"``/
@@ -299,3 +307,31 @@ def sample_to_row(sample: Sample) -> dict[str, Any]:
     ``Sample.metadata`` are not stored.
     """
     return dict(zip(COLUMNS, sample_to_values(sample), strict=True))
+
+
+# Existing tables
+
+_MISSING_HINTS: Final = {
+    "value_state": (
+        " (the table was created by an older version of servomexlib; "
+        "ALTER TABLE … ADD COLUMN value_state TEXT stores it from now on)"
+    ),
+}
+
+
+def select_columns(present: set[str], where: str) -> tuple[str, ...]:
+    """The schema columns ``present`` in an existing target table, in schema order (the SQL
+    sinks write only those).
+
+    Schema columns the target lacks are dropped with one warning each. A table that lacks
+    only ``value_state`` was created by an older version (21 columns); its warning says how to
+    add the column.
+    """
+    for name in COLUMNS:
+        if name not in present:
+            hint = _MISSING_HINTS.get(name, "")
+            _log.warning("%s has no column %r: its values are dropped%s", where, name, hint)
+    columns = tuple(name for name in COLUMNS if name in present)
+    if not columns:
+        raise ServomexSinkSchemaError(f"{where} has none of the sample columns")
+    return columns

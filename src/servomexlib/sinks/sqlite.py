@@ -62,7 +62,7 @@ from .base import (
     rotation_path,
     validate_identifier,
 )
-from .schema import COLUMNS, SCHEMA, ColumnType, batch_columns, repeated
+from .schema import COLUMNS, SCHEMA, ColumnType, batch_columns, repeated, select_columns
 
 __all__ = ["SqliteSink"]
 
@@ -80,7 +80,7 @@ _CACHED_STATEMENTS: Final = 256
 
 
 class SqliteSink(BaseSink):
-    """Write samples into an SQLite table (api.md §10).
+    """Write samples into an SQLite table (docs/recording-and-sinks.md).
 
     Args:
         path: the database file (created if missing; parent directories too).
@@ -238,7 +238,7 @@ class SqliteSink(BaseSink):
                 context=self._context(),
             )
         present = {row[1] for row in info}
-        self._columns = _select_columns(present, f"SQLite table {self.table}")
+        self._columns = select_columns(present, f"SQLite table {self.table}")
         self._inserts = _InsertBuilder(table, self._columns)
 
     def _write_sync(self, samples: Sequence[Sample]) -> None:
@@ -392,26 +392,3 @@ def _choice(value: str, allowed: frozenset[str], what: str) -> str:
 
 
 #: Extra advice in the "has no column" warning, per column.
-_MISSING_HINTS: Final = {
-    "value_state": (
-        " (the table was created by an older version of servomexlib; "
-        "ALTER TABLE … ADD COLUMN value_state TEXT stores it from now on)"
-    ),
-}
-
-
-def _select_columns(present: set[str], where: str) -> tuple[str, ...]:
-    """The schema columns ``present`` in the target, in schema order.
-
-    Schema columns the target lacks are dropped with one warning each. A table that lacks
-    only ``value_state`` was created by an older version (21 columns); its warning says how to
-    add the column.
-    """
-    for name in COLUMNS:
-        if name not in present:
-            hint = _MISSING_HINTS.get(name, "")
-            logger.warning("%s has no column %r: its values are dropped%s", where, name, hint)
-    columns = tuple(name for name in COLUMNS if name in present)
-    if not columns:
-        raise ServomexSinkSchemaError(f"{where} has none of the sample columns")
-    return columns

@@ -1,4 +1,6 @@
-"""Fixed-rate acquisition: :func:`record` and its live :class:`AcquisitionSummary` (api.md §7).
+"""Fixed-rate acquisition: :func:`record` and its live :class:`AcquisitionSummary`.
+
+Usage and the summary's fields: docs/recording-and-sinks.md.
 
 Theory of operation
 -------------------
@@ -25,7 +27,7 @@ time.
 **Each frame once** (``each_frame=True``, continuous Analyzers only). Polling a broadcaster is
 sample-and-hold: every tick re-reads the latest frame, so a frame is recorded as often as ticks
 fall into its period (twice at 1 Hz over a 2 s broadcast) or not at all. Following the
-client's frame subscription instead (``source.client.subscribe_frames()``, taken when
+client's frame subscription instead (``source.frame_feed().subscribe_frames()``, taken when
 ``record()`` is entered, so a frame arriving right after is not missed) hands over one batch
 per broadcast frame as it arrives, every frame exactly once: the broadcast sets the cadence,
 ``rate_hz`` is only validated, and ``duration`` is wall time on anyio's clock (frames received
@@ -56,9 +58,9 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..devices.models import Frame, OverflowPolicy, ProtocolKind, Sample
+from ..devices.models import Frame, OverflowPolicy, Sample
 from ..errors import ErrorContext, ServomexConnectionError, unwrap_group
-from .poll_source import FrameFeed, PollSource
+from .poll_source import FrameFeed, FrameSource, PollSource
 
 if TYPE_CHECKING:
     from ..clients.continuous import FrameItem
@@ -148,20 +150,18 @@ def _frame_feed(source: object) -> tuple[FrameFeed, str]:
     """The frame subscription and device label of a continuous Analyzer, for ``each_frame``.
 
     Raises:
-        ValueError: ``source`` is not a continuous Analyzer (reached through its public
-            ``client``, which must offer ``subscribe_frames``).
+        ValueError: ``source`` is not a :class:`FrameSource` whose ``frame_feed()`` is a feed
+            (a continuous Analyzer).
     """
-    client = getattr(source, "client", None)
-    if getattr(source, "protocol", None) is not ProtocolKind.CONTINUOUS_ASCII or not isinstance(
-        client, FrameFeed
-    ):
+    feed = source.frame_feed() if isinstance(source, FrameSource) else None
+    if feed is None:
         raise ValueError(
             "each_frame=True follows the broadcast of a continuous Analyzer, and "
             f"{source!r} is not one: polled sources (Modbus analysers, a ServomexManager) "
             "are recorded tick by tick, without each_frame"
         )
-    device = getattr(source, "device", "")
-    return client, device if isinstance(device, str) else ""
+    assert isinstance(source, FrameSource)
+    return feed, source.device
 
 
 @dataclasses.dataclass(slots=True)
@@ -202,17 +202,14 @@ def _subscribe(source: object) -> _Subscription | ServomexConnectionError:
     return _Subscription(feed, token, receive, device)
 
 
-def _stream_ended(source: object, fallback: ServomexConnectionError) -> ServomexConnectionError:
+def _stream_ended(feed: FrameFeed) -> ServomexConnectionError:
     """Why a frame feed ended: the receiver's own reason when it is a ConnectionError."""
-    client = getattr(source, "client", None)
-    reason = getattr(client, "stop_reason", None)
+    reason = feed.stop_reason
     if isinstance(reason, ServomexConnectionError):
         return reason
-    label = getattr(getattr(client, "transport", None), "label", None)
-    where = f" on {label}" if isinstance(label, str) else ""
     return ServomexConnectionError(
-        f"the continuous frame stream{where} ended (the receiver stopped)",
-        context=ErrorContext(port=label if isinstance(label, str) else None),
+        f"the continuous frame stream on {feed.label} ended (the receiver stopped)",
+        context=ErrorContext(port=feed.label),
     )
 
 
@@ -341,7 +338,9 @@ class _Producer:
             target = start + tick * period
             now = anyio.current_time()
             if now > target + period:
-                missed = int((now - target) / period)
+                # A slot that begins exactly now is not missed: the 1e-9 keeps float rounding
+                # of (now - target) / period from counting one slot fewer.
+                missed = int((now - target) / period + 1e-9)
                 if self.total is not None:
                     missed = min(missed, self.total - tick)  # never count slots past the end
                 summary.samples_late += missed
@@ -398,7 +397,7 @@ class _Producer:
                     self.summary.samples_late += sub.take_dropped()
                 if lost is None:
                     return  # the end of the recording
-                lost = _stream_ended(self.source, lost)
+                lost = _stream_ended(sub.feed)
             else:
                 lost = sub
             if not self.auto_reconnect:

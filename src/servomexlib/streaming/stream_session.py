@@ -1,4 +1,6 @@
-"""``StreamingSession``: an async iterator and async context manager over Samples (api.md §6).
+"""``StreamingSession``: an async iterator and async context manager over Samples.
+
+Usage: docs/quickstart-async.md ("Continuous mode: the broadcast").
 
 Two shapes share this class:
 

@@ -1,4 +1,6 @@
-"""The sync facade: blocking wrappers over the async API for scripts and notebooks (api.md §12).
+"""The sync facade: blocking wrappers over the async API for scripts and notebooks.
+
+Usage: docs/quickstart-sync.md.
 
 ``with Servomex.open("sim://?mode=continuous", protocol="continuous") as anz:
 print(anz.poll())``. Every call runs the async implementation on an event loop in a background

@@ -1,4 +1,4 @@
-"""Blocking wrappers over :class:`~servomexlib.devices.analyzer.Analyzer` (api.md §12).
+"""Blocking wrappers over :class:`~servomexlib.devices.analyzer.Analyzer` (docs/quickstart-sync.md).
 
 Every method has the async method's name and parameters and simply runs it on the portal's
 event loop; nothing here re-implements protocol logic.
@@ -197,7 +197,10 @@ class SyncAnalyzer:
         return self._portal.call(self._anz.analyser_status, timeout=timeout)
 
     def identify(self, *, refresh: bool = False, timeout: float | None = None) -> DeviceInfo:
-        """Cached after the first call; ``refresh=True`` re-reads the device (api.md §5)."""
+        """Cached after the first call; ``refresh=True`` re-reads the device.
+
+        (docs/protocol.md, §5, the bullet on ``identify()``)
+        """
         return self._portal.call(self._anz.identify, refresh=refresh, timeout=timeout)
 
     def snapshot(self) -> Frame:

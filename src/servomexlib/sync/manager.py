@@ -1,4 +1,4 @@
-"""Blocking wrapper over :class:`~servomexlib.manager.ServomexManager` (api.md §12)."""
+"""Blocking wrapper over :class:`~servomexlib.manager.ServomexManager` (docs/quickstart-sync.md)."""
 
 from __future__ import annotations
 

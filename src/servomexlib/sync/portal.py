@@ -1,4 +1,4 @@
-"""A blocking portal that speaks servomexlib's errors (api.md §12).
+"""A blocking portal that speaks servomexlib's errors (docs/quickstart-sync.md).
 
 The sync facade runs the one async implementation on an event loop in a background thread.
 Errors that cross back into the caller's thread arrive unwrapped: an exception group with a

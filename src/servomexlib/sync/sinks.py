@@ -1,4 +1,4 @@
-"""Blocking sinks and one-call recording for scripts (api.md §12)."""
+"""Blocking sinks and one-call recording for scripts (docs/quickstart-sync.md)."""
 
 from __future__ import annotations
 

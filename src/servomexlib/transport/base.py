@@ -1,19 +1,29 @@
-"""The byte layer: the ``Transport`` protocol and :class:`ByteStreamTransport` (api.md §15).
+"""The byte layer: the ``Transport`` protocol and :class:`ByteStreamTransport`.
 
 Theory of operation
 -------------------
 Every way of reaching an analyser — a serial port (anyserial), a TCP device server
 (``anyio.connect_tcp``), the in-process simulator and the test fake — is an anyio
 ``ByteStream``. :class:`ByteStreamTransport` wraps one and adds what the clients need on top:
-a label for errors, the serial settings in use, a pushback buffer (the AUTO ladder parks a
-recognised continuous frame there for the receiver) and timed read/write helpers.
+a label for errors, the serial settings in use, the line's character time when known, a
+pushback buffer (the AUTO ladder parks a recognised continuous frame there for the receiver),
+the wrapped stream's typed attributes and ``drain``. :class:`Transport` is that contract as a
+Protocol; every concrete transport implements all of it, so the clients call its members
+directly and never probe for them. Deadline-bounded reads and writes live in a wrapper,
+:class:`~servomexlib.transport.timed.TimedReader`; the old ``read_exact``/``read_until``/
+``read_available``/``write`` methods remain here for one release as deprecated delegates
+(each call warns with :class:`DeprecationWarning`).
 
-Input that was already waiting is not news. ``drain_input()`` drops the pushback buffer only
-(api.md §15); :meth:`ByteStreamTransport.flush_input` discards what the operating system has
+Single reader: once a mode is chosen only one reader consumes the stream, and the Modbus framer
+never sees pushed-back bytes (a Modbus line drops them when it starts).
+
+Input that was already waiting is not news. ``drain_input()`` drops the pushback buffer only;
+:meth:`ByteStreamTransport.flush_input` discards what the operating system has
 queued for the stream, without waiting for more: serial ports flush the kernel input queue
 (and do so when they open), TCP connections read off what the socket already holds. A generic
 byte stream offers no way to read without waiting, so the base class discards nothing and
-returns None; the continuous receiver then relies on its own check (the line rate).
+returns None; the continuous receiver then relies on its own check (the line rate,
+docs/protocol.md, §9.6).
 
 This is the one place where operating-system, anyserial and anyio stream errors become
 ``Servomex*`` errors. The translated stream errors keep their anyio meaning as well: end of
@@ -27,15 +37,19 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from typing import Protocol, Self, runtime_checkable
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ..errors import ErrorContext, ServomexConnectionError, ServomexTimeoutError
+from ..errors import ErrorContext, ServomexConnectionError
 from ..settings import SerialSettings
+
+if TYPE_CHECKING:
+    from .timed import TimedReader
 
 __all__ = [
     "DEFAULT_RECEIVE_BYTES",
@@ -68,12 +82,29 @@ class TransportBrokenError(ServomexConnectionError, anyio.BrokenResourceError):
 
 @runtime_checkable
 class Transport(Protocol):
-    """What the clients use: an anyio byte stream plus a few helpers (api.md §15).
+    """What the clients use: an anyio byte stream plus pushback and a few line facts.
 
-    Timeouts are in seconds; ``None`` waits for ever. A timeout raises
-    :class:`~servomexlib.errors.ServomexTimeoutError` reading ``"{op} on {label} timed out after
-    {t}s"``; end of stream, a closed transport and OS errors raise
-    :class:`~servomexlib.errors.ServomexConnectionError`, with ``port=label`` in the context.
+    Every concrete transport (:class:`ByteStreamTransport` and its subclasses — serial, TCP,
+    simulator, the test fake) implements all of it, so clients call the members directly.
+    End of stream, a closed transport and OS errors raise
+    :class:`~servomexlib.errors.ServomexConnectionError` with ``port=label`` in the context.
+    Deadline-bounded reads and writes are :class:`~servomexlib.transport.timed.TimedReader`'s.
+
+    Members beyond the byte stream:
+
+    * ``label`` — the port path or URL; used in errors and as the default device label.
+    * ``is_open``; ``serial_settings`` — the line settings in use, when known.
+    * ``char_time_s`` — seconds one character occupies on the line, when the line rate is known
+      (None otherwise: a TCP device server); the continuous receiver reads frame-sized pieces
+      with it (docs/protocol.md, §9.6).
+    * ``pending`` — bytes already buffered in the transport (the pushback buffer), 0 if unknown.
+    * ``pushback(data)`` — bytes back to the front of the read buffer; ``receive`` serves them
+      first. ``drain_input()`` drops that buffer (only that) and says how many bytes it held.
+    * ``flush_input()`` — discard, without waiting, what the operating system already holds for
+      the stream; the byte count, or None when the transport cannot (docs/protocol.md, §9.6).
+    * ``drain()`` — wait until written bytes have left the port; returns at once where the
+      transport cannot tell.
+    * ``extra_attributes`` — anyio typed attributes of the underlying stream (may be empty).
     """
 
     @property
@@ -85,6 +116,15 @@ class Transport(Protocol):
     @property
     def serial_settings(self) -> SerialSettings | None: ...
 
+    @property
+    def char_time_s(self) -> float | None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]: ...
+
     async def receive(self, max_bytes: int = DEFAULT_RECEIVE_BYTES) -> bytes: ...
 
     async def send(self, item: bytes) -> None: ...
@@ -93,19 +133,13 @@ class Transport(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def read_exact(self, n: int, *, timeout: float | None) -> bytes: ...
-
-    async def read_until(self, sep: bytes, *, timeout: float | None) -> bytes: ...
-
-    async def read_available(
-        self, *, idle_timeout: float, max_bytes: int | None = None
-    ) -> bytes: ...
-
-    async def write(self, data: bytes, *, timeout: float | None) -> None: ...
-
     def pushback(self, data: bytes) -> None: ...
 
     def drain_input(self) -> int: ...
+
+    async def flush_input(self) -> int | None: ...
+
+    async def drain(self) -> None: ...
 
 
 class ByteStreamTransport(anyio.abc.ByteStream):
@@ -122,7 +156,7 @@ class ByteStreamTransport(anyio.abc.ByteStream):
         char_time_s: seconds one character occupies on the line feeding this stream, when known
             (a serial port: from its settings; the in-process simulator: its pacing). None (the
             default) for links whose line rate is unknown, such as a TCP device server. The
-            continuous receiver uses it to read each frame in one piece (api.md §15).
+            continuous receiver uses it to read each frame in one piece (docs/protocol.md, §9.6).
     """
 
     def __init__(
@@ -187,12 +221,6 @@ class ByteStreamTransport(anyio.abc.ByteStream):
         detail = str(exc) or type(exc).__name__
         return TransportBrokenError(f"{op} on {self._label} failed: {detail}", context=ctx)
 
-    def _timeout(self, op: str, timeout: float, started: float) -> ServomexTimeoutError:
-        return ServomexTimeoutError(
-            f"{op} on {self._label} timed out after {timeout}s",
-            context=self._context(elapsed_s=time.monotonic() - started, extra={"op": op}),
-        )
-
     # ---------------------------------------------------------------- ByteStream
 
     async def receive(self, max_bytes: int = DEFAULT_RECEIVE_BYTES) -> bytes:
@@ -245,89 +273,39 @@ class ByteStreamTransport(anyio.abc.ByteStream):
     async def __aenter__(self) -> Self:
         return self
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- line facts
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The wrapped stream's anyio typed attributes (a serial port's config, a socket)."""
+        return self._stream.extra_attributes
+
+    async def drain(self) -> None:
+        """Wait until written bytes have left the port; the base class cannot tell and returns
+        at once, without a checkpoint (the ``send`` before it was one; a Modbus transaction
+        drains after every request, so an extra trip through the event loop per request is
+        measurable). Serial ports override it."""
+
+    # ---------------------------------------------------------------- deprecated helpers
 
     async def read_exact(self, n: int, *, timeout: float | None) -> bytes:
-        """Exactly ``n`` bytes. On timeout the bytes read so far are pushed back (not lost).
-
-        Raises:
-            ServomexTimeoutError: fewer than ``n`` bytes within ``timeout``.
-            ServomexConnectionError: end of stream, closed or broken before ``n`` bytes.
-        """
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        buf = bytearray()
-        started = time.monotonic()
-        with anyio.move_on_after(timeout) as scope:
-            try:
-                while len(buf) < n:
-                    buf += await self.receive(n - len(buf))
-            except ServomexConnectionError:
-                self._pending[:0] = buf
-                raise
-        if scope.cancelled_caught:
-            self._pending[:0] = buf
-            raise self._timeout("read_exact", timeout if timeout is not None else 0.0, started)
-        return bytes(buf)
+        """Deprecated: use ``TimedReader(transport).read_exact(n, timeout=…)``."""
+        return await _timed(self, "read_exact").read_exact(n, timeout=timeout)
 
     async def read_until(self, sep: bytes, *, timeout: float | None) -> bytes:
-        """Bytes up to and including the first ``sep``; bytes after it are pushed back.
-
-        On timeout or end of stream the bytes read so far are pushed back.
-        """
-        if not sep:
-            raise ValueError("sep must not be empty")
-        buf = bytearray()
-        started = time.monotonic()
-        with anyio.move_on_after(timeout) as scope:
-            try:
-                while True:
-                    # Search only the tail that can hold a new match.
-                    start = max(0, len(buf) - len(sep) + 1)
-                    buf += await self.receive()
-                    index = buf.find(sep, start)
-                    if index >= 0:
-                        end = index + len(sep)
-                        self._pending[:0] = buf[end:]
-                        return bytes(buf[:end])
-            except ServomexConnectionError:
-                self._pending[:0] = buf
-                raise
-        assert scope.cancelled_caught
-        self._pending[:0] = buf
-        raise self._timeout("read_until", timeout if timeout is not None else 0.0, started)
+        """Deprecated: use ``TimedReader(transport).read_until(sep, timeout=…)``."""
+        return await _timed(self, "read_until").read_until(sep, timeout=timeout)
 
     async def read_available(self, *, idle_timeout: float, max_bytes: int | None = None) -> bytes:
-        """Everything that arrives during a window of ``idle_timeout`` seconds.
-
-        Returns early once ``max_bytes`` bytes are collected (any surplus is pushed back).
-        Returns ``b""`` when nothing arrived. End of stream ends the window early; it is raised
-        only when nothing at all was collected.
-        """
-        buf = bytearray()
-        limit = max_bytes if max_bytes is not None else -1
-        with anyio.move_on_after(idle_timeout):
-            try:
-                while limit < 0 or len(buf) < limit:
-                    want = DEFAULT_RECEIVE_BYTES if limit < 0 else limit - len(buf)
-                    buf += await self.receive(want)
-            except ServomexConnectionError:
-                if not buf:
-                    raise
-        return bytes(buf)
+        """Deprecated: use ``TimedReader(transport).read_available(idle_timeout=…)``."""
+        reader = _timed(self, "read_available")
+        return await reader.read_available(idle_timeout=idle_timeout, max_bytes=max_bytes)
 
     async def write(self, data: bytes, *, timeout: float | None) -> None:
-        """Send all of ``data`` within ``timeout``.
+        """Deprecated: use ``TimedReader(transport).write(data, timeout=…)``."""
+        await _timed(self, "write").write(data, timeout=timeout)
 
-        Raises:
-            ServomexTimeoutError: the write did not complete in time (flow control, full pipe).
-            ServomexConnectionError: closed or broken.
-        """
-        started = time.monotonic()
-        with anyio.move_on_after(timeout) as scope:
-            await self.send(data)
-        if scope.cancelled_caught:
-            raise self._timeout("write", timeout if timeout is not None else 0.0, started)
+    # ---------------------------------------------------------------- pushback and flushing
 
     def pushback(self, data: bytes) -> None:
         """Put ``data`` back at the front of the read buffer; ``receive`` serves it first."""
@@ -365,3 +343,18 @@ class ByteStreamTransport(anyio.abc.ByteStream):
         """
         await anyio.lowlevel.checkpoint()
         return None
+
+
+def _timed(transport: ByteStreamTransport, method: str) -> TimedReader:
+    """The TimedReader behind a deprecated ``ByteStreamTransport`` helper (warns once per call
+    site, as DeprecationWarning does)."""
+    warnings.warn(
+        f"{type(transport).__name__}.{method}() is deprecated; use "
+        f"servomexlib.transport.TimedReader(transport).{method}()",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    # Imported here: timed.py builds on this module.
+    from .timed import TimedReader
+
+    return TimedReader(transport)

@@ -1,4 +1,4 @@
-"""``FakeTransport``: an in-memory transport for tests (api.md §17).
+"""``FakeTransport``: an in-memory transport for tests (docs/simulator.md, "In your own tests").
 
 Nothing here touches the operating system. Sent bytes are recorded in :attr:`FakeTransport.writes`;
 a script maps an exact request to its reply, which is queued for ``receive``; ``feed`` and

@@ -1,4 +1,4 @@
-"""Which serial ports does this machine have? (``servomex discover`` with no port, api.md §13)
+"""Which serial ports does this machine have? (``servomex discover`` with no port, docs/cli.md)
 
 Theory of operation
 -------------------

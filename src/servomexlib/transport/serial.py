@@ -1,4 +1,4 @@
-"""Serial ports through anyserial (api.md §3, §15).
+"""Serial ports through anyserial (docs/protocol.md, §1; docs/architecture.md, transport layer).
 
 Every :class:`~servomexlib.settings.SerialSettings` field is applied: baud, data bits, parity,
 stop bits, RTS/CTS and XON/XOFF flow control and the exclusive lock. ``SerialSettings`` has
@@ -20,8 +20,11 @@ Opening
   arrives until it is read. :meth:`SerialTransport.open` and :meth:`~SerialTransport.reopen`
   discard the kernel input queue (``tcflush(TCIFLUSH)`` through anyserial's
   ``reset_input_buffer``) right after the open, so nothing received before the open is read as
-  new (api.md §5); :meth:`~SerialTransport.flush_input` does it again on demand (the continuous
-  receiver calls it when it starts).
+  new (docs/protocol.md, §9.6, "Old bytes are not news"); :meth:`~SerialTransport.flush_input`
+  does it again on demand (the continuous receiver calls it when it starts).
+* **Drain.** :meth:`SerialTransport.drain` waits until the kernel's output queue is empty
+  (anyserial's ``drain``: it polls the queue, it does not block a thread), so a Modbus request is
+  timed from when it left the port.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Self
 
 import anyio
+import anyio.lowlevel
 import anyserial
 
 from ..errors import ErrorContext, ServomexConnectionError, ServomexValidationError
@@ -48,7 +52,8 @@ __all__ = ["WINDOWS_OPEN_RETRIES", "WINDOWS_OPEN_RETRY_DELAY_S", "SerialTranspor
 _log = logging.getLogger("servomexlib.transport")
 
 #: Windows releases an exclusively opened COM port with a lag: reopening it at once fails with
-#: "Access is denied" (HW, protocol.md §12.12). Such an open is retried this often, this far apart.
+#: "Access is denied" (HW, docs/protocol.md, §14 #12). Such an open is retried this often, this
+#: far apart.
 WINDOWS_OPEN_RETRIES = 6
 WINDOWS_OPEN_RETRY_DELAY_S = 0.4
 
@@ -254,6 +259,21 @@ class SerialTransport(ByteStreamTransport):
         except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise self._translate(exc, "flush_input") from exc
         return waiting if waiting is not None else 0
+
+    async def drain(self) -> None:
+        """Wait until the bytes written so far have left the kernel's output queue.
+
+        Returns at once (after a checkpoint) on a backend that cannot tell.
+
+        Raises:
+            ServomexConnectionError: the port is closed or the device is gone.
+        """
+        try:
+            await self._port.drain()
+        except NotImplementedError:  # pragma: no cover - every anyserial backend implements it
+            await anyio.lowlevel.checkpoint()
+        except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise self._translate(exc, "drain") from exc
 
     def _require_settings(self) -> SerialSettings:
         assert self._settings is not None

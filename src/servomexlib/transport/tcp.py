@@ -1,4 +1,4 @@
-"""Raw bytes over TCP to a serial device server (``tcp://host:port``, api.md §16.2).
+"""Raw bytes over TCP to a serial device server (``tcp://host:port``, docs/troubleshooting.md).
 
 No MBAP header: the server forwards the serial line's bytes as they are, so RTU-over-TCP,
 Modbus ASCII and continuous frames all pass unchanged. The serial settings given here are only

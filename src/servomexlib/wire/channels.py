@@ -1,4 +1,4 @@
-"""The channel table and status decoding (protocol.md §4.2-§4.9). Pure: no I/O, no clock.
+"""The channel table and status decoding (docs/protocol.md, §4.2–§4.10). Pure: no I/O, no clock.
 
 Theory of operation
 -------------------
@@ -8,7 +8,7 @@ space (value float32, 6 name bytes, 4 unit bytes) and an 8-bit block in the FC02
 manual's table as data; every address used anywhere in the library is derived from it, and the
 module checks at import that no register or discrete belongs to two channels.
 
-Kind-specific status rules (MAN, protocol.md §4.7): external inputs use bit 0 for *Invalid*
+Kind-specific status rules (MAN, docs/protocol.md, §4.8): external inputs use bit 0 for *Invalid*
 (reported through ``fault`` so that ``ok`` is right) and reserve bits 1-3; derived channels'
 bits 0-3 are copies of a parent transducer and are reported as read.
 """
@@ -47,8 +47,8 @@ __all__ = [
     "start_calibration_coil",
 ]
 
-REGISTERS_PER_CHANNEL = 7  # value 2 + name 3 + unit 2 (protocol.md §4.3)
-DISCRETES_PER_CHANNEL = 8  # fault, maint, cal, warm-up, alarms 1-4 (protocol.md §4.7)
+REGISTERS_PER_CHANNEL = 7  # value 2 + name 3 + unit 2 (docs/protocol.md, §4.3)
+DISCRETES_PER_CHANNEL = 8  # fault, maint, cal, warm-up, alarms 1-4 (docs/protocol.md, §4.8)
 ANALYSER_STATUS_PDU = 1000  # discrete 11001, not 0: it would collide with I1 (HW)
 ANALYSER_STATUS_COUNT = 16  # 11001-11016: fault, maint, 6 undocumented, 4 × (cal, gas-2)
 CAL_STATUS_PDU = 1008  # 11009: group 1 calibrating
@@ -80,7 +80,7 @@ class ChannelSpec:
 
 _T, _D, _E = ChannelKind.TRANSDUCER, ChannelKind.DERIVED, ChannelKind.EXTERNAL_INPUT
 
-#: protocol.md §4.4, as data: data-model numbers 30001+ / 10001+ written as PDU addresses.
+#: docs/protocol.md, §4.4, as data: data-model numbers 30001+ / 10001+ written as PDU addresses.
 CHANNEL_TABLE: tuple[ChannelSpec, ...] = (
     ChannelSpec(ChannelId.I1, _T, 0, 2, 5, 0),
     ChannelSpec(ChannelId.I2, _T, 7, 9, 12, 8),
@@ -103,7 +103,7 @@ def _require(condition: bool, what: object) -> None:
 
 
 def _check_table() -> None:
-    """Fail at import if the table contradicts itself (LIB: protocol.md §4.4)."""
+    """Fail at import if the table contradicts itself (LIB: docs/protocol.md, §4.4)."""
     registers: dict[int, ChannelId] = {}
     discretes: dict[int, ChannelId] = {}
     for spec in CHANNEL_TABLE:

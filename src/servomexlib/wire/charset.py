@@ -1,4 +1,4 @@
-"""The analyser's display-ROM character set (protocol.md §6).
+"""The analyser's display-ROM character set (docs/protocol.md, §6).
 
 Names and units are stored as display-ROM bytes. Only 0x82 (subscript two, as in CO₂) is known
 to differ from Latin-1; the table is one mapping so further glyphs can be added when they are

@@ -1,4 +1,4 @@
-"""Register codecs for the Modbus profile (protocol.md §4.3, §4.5, §4.6). Pure: no I/O.
+"""Register codecs for the Modbus profile (docs/protocol.md, §4.3, §4.5–§4.7). Pure: no I/O.
 
 Registers are 16-bit words, big-endian on the wire. A channel block is 7 words: the value as an
 IEEE-754 float32 high word first (so the wire bytes are the plain big-endian float, "ABCD"), the
@@ -36,7 +36,7 @@ from ..devices.models import (
     ProtocolKind,
     Reading,
     ValueState,
-    _build_reading,
+    build_reading,
 )
 from ..units import Unit, coerce_unit
 from .channels import REGISTERS_PER_CHANNEL
@@ -201,8 +201,8 @@ def decode_modbus_unit(raw: bytes) -> Unit:
 
 
 def slot_populated(name_raw: bytes, unit_raw: bytes) -> bool:
-    """Whether a Modbus slot is populated (api.md §5): its name registers hold a label (not
-    blank, not only ``|``) or its unit registers are not blank (spaces and NULs)."""
+    """Whether a Modbus slot is populated (docs/protocol.md, §4.7): its name registers hold a
+    label (not blank, not only ``|``) or its unit registers are not blank (spaces and NULs)."""
     return decode_modbus_name(name_raw) is not None or bool(unit_raw.strip(b" \x00"))
 
 
@@ -250,7 +250,7 @@ def decode_channel_block(
         raise ValueError(f"a channel block is {REGISTERS_PER_CHANNEL} registers, got {len(words)}")
     raw = words_to_bytes(words)
     value = decode_float32_value(raw[:4])
-    return _build_reading(
+    return build_reading(
         channel,
         channel.kind,
         decode_modbus_name(raw[4:10]) if name is None else name,
