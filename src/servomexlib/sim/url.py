@@ -135,6 +135,8 @@ async def open_url_transport(
             f"serial_settings must be a SerialSettings, got {type(serial_settings).__name__}",
             context=ErrorContext(port=url),
         )
-    transport = line_for_url(url).open_transport(url)
+    line = line_for_url(url)
+    # The checkpoint comes before the open, never between the open and the return: a
+    # cancellation there would leave an open transport that nobody holds.
     await anyio.lowlevel.checkpoint()
-    return transport
+    return line.open_transport(url)
