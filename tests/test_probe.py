@@ -48,7 +48,8 @@ async def test_probe_times_a_live_slave(framing: ProtocolKind) -> None:
     (request,) = sim.requests
     assert request.outcome is RequestOutcome.ANSWERED
     assert request.reply == request.adu  # an echo
-    payload = bytes.fromhex(request.adu[7:11].decode()) if framing is ASCII else request.adu[4:6]
+    # ASCII: ":" address(2) function(2) sub-function(4) data(4) LRC CR LF.
+    payload = bytes.fromhex(request.adu[9:13].decode()) if framing is ASCII else request.adu[4:6]
     assert payload not in (b"\xab\xcd", b"\x00\x00")  # a fresh payload
     wire = 2 * len(request.adu) * CHAR  # request and echo, paced
     assert wire + TURNAROUND - 0.002 <= reply_time <= wire + TURNAROUND + 0.005
