@@ -3,7 +3,7 @@
 Runs the groups in order (cheap ones first), prints one table of figures with their bound or
 target, the ratio and PASS/FAIL, and exits 0 (``--strict``: 1 when a figure fails).
 
-Groups: 1 poll, 2 manager, 3 decode, 4 recorder, 5 sinks, 6 import, 7 recovery.
+Groups: 1 poll, 2 manager, 3 decode, 4 recorder, 5 sinks, 6 import, 7 recovery, 8 service.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ GROUPS = {
     "2": ("manager", "benchmarks.manager"),
     "5": ("sinks", "benchmarks.sinks"),
     "7": ("recovery", "benchmarks.recovery"),
+    "8": ("service", "benchmarks.service"),
 }
-ORDER = ("6", "3", "4", "1", "7", "2", "5")
+ORDER = ("6", "3", "4", "1", "7", "2", "5", "8")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

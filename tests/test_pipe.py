@@ -26,7 +26,7 @@ class RecordingSink(InMemorySink):
         super().__init__()
         self.writes: list[int] = []
 
-    async def _write(self, samples: Sequence[Sample]) -> None:
+    async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
         self.writes.append(len(samples))
         await super()._write(samples)
 
@@ -138,7 +138,7 @@ async def test_pipe_writes_the_buffer_when_cancelled() -> None:
 
 async def test_pipe_propagates_sink_errors_without_retrying() -> None:
     class Broken(RecordingSink):
-        async def _write(self, samples: Sequence[Sample]) -> None:
+        async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
             self.writes.append(len(samples))
             raise ServomexSinkWriteError("disk full")
 

@@ -108,18 +108,30 @@ def _make_target(sink: SinkConfig) -> Target:
         from ..sinks.csv import CsvSink
 
         return SinkTarget(
-            CsvSink(sink.path, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)  # type: ignore[arg-type]
+            CsvSink(
+                sink.path,  # type: ignore[arg-type]
+                rotate_bytes=rotate_bytes,
+                rotate_seconds=rotate_seconds,
+                seq_column=True,
+                fsync=True,
+            )
         )
     if sink.type is SinkType.JSONL:
         from ..sinks.jsonl import JsonlSink
 
         return SinkTarget(
-            JsonlSink(sink.path, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)  # type: ignore[arg-type]
+            JsonlSink(
+                sink.path,  # type: ignore[arg-type]
+                rotate_bytes=rotate_bytes,
+                rotate_seconds=rotate_seconds,
+                seq_column=True,
+                fsync=True,
+            )
         )
     if sink.type is SinkType.SQLITE:
         from ..sinks.sqlite import SqliteSink
 
-        return SinkTarget(SqliteSink(sink.path))  # type: ignore[arg-type]
+        return SinkTarget(SqliteSink(sink.path, seq_column=True))  # type: ignore[arg-type]
     if sink.type is SinkType.PARQUET:
         from ..sinks.parquet import ParquetSink
 
@@ -134,7 +146,8 @@ def _make_target(sink: SinkConfig) -> Target:
         from ..sinks.postgres import PostgresConfig, PostgresSink
 
         assert sink.dsn is not None
-        return SinkTarget(PostgresSink(PostgresConfig(dsn=sink.dsn, table=sink.table or "samples")))
+        config = PostgresConfig(dsn=sink.dsn, table=sink.table or "samples", create_table=True)
+        return SinkTarget(PostgresSink(config, seq_column=True))
     return UnavailableTarget(sink.label, "the mqtt sink is not available in this build yet")
 
 

@@ -9,15 +9,19 @@ holds, recognised by ``(device, seq)``: the spool delivers each device's ticks i
 :class:`MemoryTarget` keeps ticks in lists that survive ``close()``/``open()`` (like a file or
 a table), and can be told to fail, to hang, or to store part of a batch and then fail — what
 the tests of the engine need. :class:`SinkTarget` puts any
-:class:`~servomexlib.sinks.base.Sink` behind the protocol. Today's sinks store no ``seq``, so
-it can remember what it delivered only for the life of the object: a retry in the same process
-is filtered, but a batch stored just before the process was killed (and so not acknowledged)
-is stored once more after the restart. It becomes exactly-once when the sinks carry ``seq``
-and report the last one they hold per device on open (the service report describes the change).
+:class:`~servomexlib.sinks.base.Sink` behind the protocol. A sink built for service rows
+(``seq_column=True``, :class:`~servomexlib.sinks.base.SeqSink`) stores each row's ``seq`` and,
+on every ``open()``, reports the last ``seq`` it holds per device: the filter is seeded from
+that, so a batch stored just before the process was killed (and so never acknowledged in the
+spool) is recognised after the restart and not stored again — exactly once. The SQL sinks
+also drop such rows at the target (PostgreSQL: unique index and ON CONFLICT DO NOTHING). A
+plain sink (no seq column) gets the in-memory filter only: a retry in the same process is
+filtered, a batch stored just before a kill is stored again after the restart.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import anyio
@@ -25,10 +29,12 @@ import anyio.lowlevel
 
 from ..devices.models import Sample
 from ..errors import ServomexSinkWriteError
-from ..sinks.base import Sink
+from ..sinks.base import SeqSink, Sink
 from .spool_rows import SpooledTick
 
 __all__ = ["MemoryTarget", "SinkTarget"]
+
+_log = logging.getLogger("servomexlib.service")
 
 
 class _Holds:
@@ -118,10 +124,12 @@ class MemoryTarget:
 
 class SinkTarget:
     """A :class:`~servomexlib.sinks.base.Sink` as a target: each delivery is one
-    ``write_many`` of the new ticks' samples (module docstring for what it can dedupe)."""
+    ``write_many`` of the new ticks' samples, with their ``seq`` when the sink has the seq
+    column (module docstring for what it can dedupe)."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink | SeqSink) -> None:
         self.sink = sink
+        self.carries_seq = bool(getattr(sink, "seq_column", False))
         self._holds = _Holds()
 
     @property
@@ -130,11 +138,34 @@ class SinkTarget:
 
     async def open(self) -> None:
         await self.sink.open()
+        if self.carries_seq:
+            assert isinstance(self.sink, SeqSink)
+            try:
+                held = await self.sink.last_seq_by_device()
+            except BaseException:
+                await self.sink.close()
+                raise
+            # What the target holds is the truth: it may be ahead of this object (a batch
+            # stored before a kill) and never behind what this process stored.
+            for device, seq in held.items():
+                if seq > self._holds.last_seq.get(device, -1):
+                    self._holds.last_seq[device] = seq
 
     async def deliver(self, ticks: Sequence[SpooledTick]) -> None:
         fresh = self._holds.new(ticks)
+        if len(fresh) < len(ticks):
+            _log.info(
+                "event=duplicates_dropped sink=%r ticks=%d reason='already held by the sink'",
+                repr(self.sink), len(ticks) - len(fresh),
+            )  # fmt: skip
         if fresh:
-            await self.sink.write_many([s for t in fresh for s in t.samples])
+            samples = [s for t in fresh for s in t.samples]
+            if self.carries_seq:
+                assert isinstance(self.sink, SeqSink)
+                seqs = [t.seq for t in fresh for _ in t.samples]
+                await self.sink.write_many(samples, seqs=seqs)
+            else:
+                await self.sink.write_many(samples)
         for tick in fresh:
             self._holds.stored(tick)
 

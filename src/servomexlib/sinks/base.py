@@ -9,6 +9,12 @@ reach the medium in the order they were handed over, even from several tasks.
 Blocking file and database work runs in worker threads (``anyio.to_thread.run_sync``), which
 anyio never abandons on cancellation: a batch whose write has started is always finished before
 the cancellation is delivered, so a cancelled capture does not leave half a batch behind.
+
+Service rows (docs/service.md §3): a sink built with ``seq_column=True`` stores the 23-column
+:data:`~.schema.SERVICE_SCHEMA` and needs ``write_many(samples, seqs=[...])`` — one ``seq`` per
+sample — and reports, after ``open()``, the last ``seq`` it holds per device
+(``last_seq_by_device()``), which is how the service drops a batch it already stored before a
+crash (:class:`SeqSink`). ``write_many`` checks the pairing here, once for every sink.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ __all__ = [
     "IDENTIFIER_RE",
     "BaseSink",
     "ReportsOpen",
+    "SeqSink",
     "Sink",
     "rotated_paths",
     "validate_identifier",
@@ -69,6 +76,21 @@ class ReportsOpen(Protocol):
     def is_open(self) -> bool: ...
 
 
+@runtime_checkable
+class SeqSink(Protocol):
+    """A sink that stores service rows with their ``seq`` (``seq_column=True``)."""
+
+    async def open(self) -> None: ...
+
+    async def write_many(
+        self, samples: Sequence[Sample], *, seqs: Sequence[int] | None = None
+    ) -> None: ...
+
+    async def last_seq_by_device(self) -> dict[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
 def validate_identifier(name: str, what: str) -> str:
     """Return ``name`` if it is a safe SQL identifier, else raise ServomexValidationError."""
     if not isinstance(name, str) or not IDENTIFIER_RE.fullmatch(name):
@@ -86,9 +108,10 @@ def quote_identifier(name: str) -> str:
 class BaseSink:
     """Life cycle shared by every sink; subclasses implement ``_open``/``_write``/``_close``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, seq_column: bool = False) -> None:
         self._is_open = False
         self._lock = anyio.Lock()
+        self.seq_column = bool(seq_column)
 
     @property
     def is_open(self) -> bool:
@@ -107,21 +130,72 @@ class BaseSink:
             await self._open()
             self._is_open = True
 
-    async def write_many(self, samples: Sequence[Sample]) -> None:
+    async def write_many(
+        self, samples: Sequence[Sample], *, seqs: Sequence[int] | None = None
+    ) -> None:
         """Store ``samples`` (one transaction / flush per call); an empty sequence is a no-op.
+
+        ``seqs``: one ``seq`` per sample, required exactly when the sink was built with
+        ``seq_column=True`` (service rows).
 
         Raises:
             RuntimeError: the sink is not open.
+            ServomexValidationError: ``seqs`` given to a sink without the seq column, missing
+                for one with it, of another length than ``samples`` or not integers.
             ServomexSinkWriteError: the medium failed; see each sink for what was kept.
         """
         if not self._is_open:
             raise RuntimeError(f"{type(self).__name__} is not open: call open() first")
+        checked = self._check_seqs(samples, seqs)
         if not samples:
             return
         async with self._lock:
             if not self._is_open:
                 raise RuntimeError(f"{type(self).__name__} was closed")
-            await self._write(samples)
+            if checked is None:
+                await self._write(samples)
+            else:
+                await self._write(samples, checked)
+
+    def _check_seqs(
+        self, samples: Sequence[Sample], seqs: Sequence[int] | None
+    ) -> list[int] | None:
+        name = type(self).__name__
+        if seqs is None:
+            if self.seq_column:
+                raise ServomexValidationError(
+                    f"{name} stores service rows (seq_column=True): write_many needs seqs="
+                )
+            return None
+        if not self.seq_column:
+            raise ServomexValidationError(
+                f"{name} has no seq column: build it with seq_column=True to store seqs"
+            )
+        checked = list(seqs)
+        if len(checked) != len(samples):
+            raise ServomexValidationError(
+                f"{name}.write_many: {len(checked)} seqs for {len(samples)} samples "
+                "(one seq per sample)"
+            )
+        for seq in checked:
+            if type(seq) is not int or not (0 <= seq < 2**63):
+                raise ServomexValidationError(
+                    f"{name}.write_many: seq {seq!r} is not an integer in 0 .. 2**63-1"
+                )
+        return checked
+
+    async def last_seq_by_device(self) -> dict[str, int]:
+        """The highest ``seq`` stored per device (service rows; after ``open()``).
+
+        Raises:
+            RuntimeError: the sink is not open, or has no seq column.
+        """
+        if not self._is_open:
+            raise RuntimeError(f"{type(self).__name__} is not open: call open() first")
+        if not self.seq_column:
+            raise RuntimeError(f"{type(self).__name__} has no seq column (seq_column=False)")
+        async with self._lock:
+            return await self._last_seqs()
 
     async def close(self) -> None:
         """Flush and release the medium. A second call does nothing."""
@@ -149,8 +223,11 @@ class BaseSink:
     async def _open(self) -> None:
         raise NotImplementedError
 
-    async def _write(self, samples: Sequence[Sample]) -> None:
+    async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
         raise NotImplementedError
+
+    async def _last_seqs(self) -> dict[str, int]:
+        raise NotImplementedError(f"{type(self).__name__} cannot report the seqs it holds")
 
     async def _close(self) -> None:
         raise NotImplementedError

@@ -1,4 +1,5 @@
-"""CSV sink: the 22 schema columns, one line per sample, never truncating silently."""
+"""CSV sink: the 22 schema columns (23 with ``seq`` for service rows), one line per sample,
+never truncating silently."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ from typing import Any, BinaryIO, Final
 from ..devices.models import Sample
 from ..errors import ServomexSinkSchemaError, ServomexSinkWriteError
 from .base import file_context, logger, rotated_paths
-from .files import LineFileSink, ends_with_newline, open_append
-from .schema import COLUMNS, LEGACY_COLUMNS, batch_columns, cells_by_value, join_rows, repeated
+from .files import DEFAULT_TAIL_BYTES, LineFileSink, ends_with_newline, open_append
+from .schema import (
+    COLUMNS,
+    LEGACY_COLUMNS,
+    SERVICE_COLUMNS,
+    batch_columns,
+    cells_by_value,
+    join_rows,
+    repeated,
+    with_seqs,
+)
 
 __all__ = ["CsvSink"]
 
@@ -76,9 +86,13 @@ _CELLS: Final[tuple[Callable[[list[Any]], list[str]], ...]] = (
     _plain,  # value_state
 )
 assert len(_CELLS) == len(COLUMNS)
+#: Service rows: the 22 columns, then ``seq`` (an integer).
+_SERVICE_CELLS: Final = (*_CELLS, _number)
 
 
-def csv_text(columns: list[list[Any]]) -> str:
+def csv_text(
+    columns: list[list[Any]], cells_of: tuple[Callable[[list[Any]], list[str]], ...] = _CELLS
+) -> str:
     """The CSV lines of a batch given as columns (see :func:`~.schema.batch_columns`).
 
     Byte-identical to ``csv.writer().writerow`` of each row after mapping booleans to 1/0 (the
@@ -88,7 +102,7 @@ def csv_text(columns: list[list[Any]]) -> str:
     the lines with C loops (:func:`~.schema.join_rows`).
     """
     pieces: list[str | list[str]] = []
-    for column, cells in zip(columns, _CELLS, strict=True):
+    for column, cells in zip(columns, cells_of, strict=True):
         if pieces:
             pieces.append(",")
         pieces.append(cells(column[:1])[0] if repeated(column) else cells(column))
@@ -96,13 +110,14 @@ def csv_text(columns: list[list[Any]]) -> str:
     return join_rows(pieces, len(columns[0]), "")
 
 
-def _header_bytes() -> bytes:
+def _header_bytes(columns: tuple[str, ...]) -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator=_LINE_END).writerow(COLUMNS)
+    csv.writer(buffer, lineterminator=_LINE_END).writerow(columns)
     return buffer.getvalue().encode("utf-8")
 
 
-_HEADER: Final = _header_bytes()
+_HEADER: Final = _header_bytes(COLUMNS)
+_SERVICE_HEADER: Final = _header_bytes(SERVICE_COLUMNS)
 
 
 class CsvSink(LineFileSink):
@@ -134,9 +149,17 @@ class CsvSink(LineFileSink):
             least this many bytes; each file has its own header.
         rotate_seconds: start a new file once the current one is this many seconds old.
             Both rotation checks happen before a batch is written; batches are never split.
+        seq_column: service rows: a 23rd column ``seq`` (``write_many(..., seqs=)``). A
+            22-column file is then "different" and refused, and a 23-column file is refused by
+            a sink without it: the two schemas are never mixed in one file.
+        fsync: ``os.fsync`` after each batch (and the directory when a file is created).
+        tail_bytes: how much of the newest file ``last_seq_by_device()`` reads.
     """
 
     _format = "CSV"
+    # Rows end in \r\n; an error text's own line breaks (Python messages use \n) stay inside
+    # its quoted field.
+    _record_end = _LINE_END.encode()
 
     def __init__(
         self,
@@ -146,16 +169,25 @@ class CsvSink(LineFileSink):
         rotate_bytes: int | None = None,
         rotate_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seq_column: bool = False,
+        fsync: bool = False,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
     ) -> None:
         super().__init__(
-            path, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds, clock=clock
+            path,
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            clock=clock,
+            seq_column=seq_column,
+            fsync=fsync,
+            tail_bytes=tail_bytes,
         )
         self._overwrite = bool(overwrite)
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The header written to (and expected in) the file."""
-        return COLUMNS
+        return SERVICE_COLUMNS if self.seq_column else COLUMNS
 
     def _start_series(self) -> None:
         if not self._overwrite:
@@ -182,7 +214,7 @@ class CsvSink(LineFileSink):
             raise self._write_error(f"could not open {path}", exc) from exc
         prefix = b""
         if size == 0:
-            prefix = _HEADER
+            prefix = _SERVICE_HEADER if self.seq_column else _HEADER
         else:
             self._check_header(path)
             if not ends_with_newline(path):
@@ -206,25 +238,47 @@ class CsvSink(LineFileSink):
                 "pass overwrite=True to replace it, or choose another path",
                 context=file_context(path).merged(header="different"),
             ) from exc
-        if tuple(header) == COLUMNS:
+        expected = self.columns
+        if tuple(header) == expected:
             return
+        if tuple(header) in (COLUMNS, SERVICE_COLUMNS):
+            has, wants = ("with", "without") if not self.seq_column else ("without", "with")
+            raise ServomexSinkSchemaError(
+                f"existing file {path} has {len(header)} columns, {has} the service column "
+                f"seq; refusing to append {len(expected)}-column rows {wants} it (service rows "
+                "and library rows are never mixed in one file): choose another path, or pass "
+                "overwrite=True to replace it",
+                context=file_context(path).merged(header="different"),
+            )
         if tuple(header) == LEGACY_COLUMNS:
             raise ServomexSinkSchemaError(
                 f"existing file {path} was written by an older version of servomexlib "
                 f"({len(LEGACY_COLUMNS)} columns, without value_state); refusing to append "
-                f"{len(COLUMNS)}-column rows to it: the file stays readable as it is; write to "
+                f"{len(expected)}-column rows to it: the file stays readable as it is; write to "
                 "another path, or pass overwrite=True to replace it",
                 context=file_context(path).merged(header="older"),
             )
         raise ServomexSinkSchemaError(
             f"existing file {path} has a different CSV header "
-            f"({len(header)} columns, expected {len(COLUMNS)}: {','.join(COLUMNS[:3])},…); "
+            f"({len(header)} columns, expected {len(expected)}: {','.join(expected[:3])},…); "
             "refusing to append: pass overwrite=True to replace it, or choose another path",
             context=file_context(path).merged(header="different"),
         )
 
-    def _encode(self, samples: Sequence[Sample]) -> bytes:
-        return csv_text(batch_columns(samples)).encode("utf-8")
+    def _encode(self, samples: Sequence[Sample], seqs: list[int] | None) -> bytes:
+        if seqs is None:
+            return csv_text(batch_columns(samples)).encode("utf-8")
+        columns = with_seqs(batch_columns(samples), seqs)
+        return csv_text(columns, _SERVICE_CELLS).encode("utf-8")
+
+    def _row_seq(self, line: bytes) -> tuple[str, int] | None:
+        try:
+            fields = next(csv.reader([line.decode("utf-8")]), [])
+        except (UnicodeDecodeError, csv.Error):
+            return None
+        if len(fields) != len(SERVICE_COLUMNS) or not fields[-1].isdigit():
+            return None  # the header, or a line damaged by a crash
+        return fields[0], int(fields[-1])
 
     def _open_sync(self) -> None:
         if self._overwrite:

@@ -23,7 +23,7 @@ class InMemorySink(BaseSink):
     async def _open(self) -> None:
         pass
 
-    async def _write(self, samples: Sequence[Sample]) -> None:
+    async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
         self.samples.extend(samples)
 
     async def _close(self) -> None:

@@ -45,7 +45,7 @@ from ..errors import (
     ServomexValidationError,
 )
 from .base import BaseSink, logger
-from .schema import SCHEMA, ColumnType, batch_columns, repeated
+from .schema import SCHEMA, SERVICE_SCHEMA, ColumnType, batch_columns, repeated, with_seqs
 
 __all__ = ["ParquetSink"]
 
@@ -106,6 +106,8 @@ class ParquetSink(BaseSink):
             file every ``part_batches`` batches.
         journal: crash-safe single file: parts in ``<path>.parts/`` while open, consolidated
             into ``path`` by ``close()`` (see the module documentation).
+        seq_column: service rows: a 23rd column ``seq`` (int64), ``write_many(..., seqs=)``.
+            (``last_seq_by_device`` is not available for Parquet yet.)
 
     Raises:
         ServomexValidationError: unknown compression.
@@ -122,8 +124,9 @@ class ParquetSink(BaseSink):
         overwrite: bool = False,
         part_batches: int | None = None,
         journal: bool = False,
+        seq_column: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(seq_column=seq_column)
         self.path = Path(path)
         if journal and part_batches is not None:
             raise ValueError("journal=True writes one part per batch; do not pass part_batches")
@@ -164,8 +167,8 @@ class ParquetSink(BaseSink):
     async def _open(self) -> None:
         await anyio.to_thread.run_sync(self._open_sync)
 
-    async def _write(self, samples: Sequence[Sample]) -> None:
-        await anyio.to_thread.run_sync(self._write_sync, samples)
+    async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
+        await anyio.to_thread.run_sync(self._write_sync, samples, seqs)
 
     async def _close(self) -> None:
         await anyio.to_thread.run_sync(self._close_sync)
@@ -179,9 +182,10 @@ class ParquetSink(BaseSink):
             ColumnType.BOOL: pa.bool_(),
             ColumnType.INT: pa.int64(),
         }
-        self._types = [arrow_types[c.type] for c in SCHEMA]
+        declared = SERVICE_SCHEMA if self.seq_column else SCHEMA
+        self._types = [arrow_types[c.type] for c in declared]
         self._schema = pa.schema(
-            [pa.field(c.name, t, nullable=True) for c, t in zip(SCHEMA, self._types, strict=True)]
+            [pa.field(c.name, t, nullable=True) for c, t in zip(declared, self._types, strict=True)]
         )
         self._part = 0
         self._part_fill = 0
@@ -256,10 +260,10 @@ class ParquetSink(BaseSink):
         except (OSError, self._pa.ArrowException) as exc:
             raise self._error(f"could not create Parquet file {target}", exc) from exc
 
-    def _write_sync(self, samples: Sequence[Sample]) -> None:
+    def _write_sync(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
         pa = self._pa
         n = len(samples)
-        columns = batch_columns(samples)
+        columns = with_seqs(batch_columns(samples), seqs)
         try:
             arrays = [
                 _column_array(pa, column, kind)

@@ -17,6 +17,16 @@ way a batch is stored whole or not at all. The COPY data is encoded by the sink 
 at a time (:mod:`.pgcopy`), when the table's columns have the declared types; otherwise asyncpg
 encodes the rows for the table's own types (``copy_records_to_table``).
 
+Service rows (``seq_column=True``): the table has a 23rd column ``seq bigint NOT NULL`` and,
+created with it (``create_table=True``), a UNIQUE index on ``(device, seq, COALESCE(channel,
+''))`` — the COALESCE makes the error row of a failed tick (channel NULL) unique too, on every
+PostgreSQL version. Every batch then goes through ``… ON CONFLICT DO NOTHING``: binary COPY
+into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``) and ``INSERT INTO
+table SELECT … FROM staging ON CONFLICT DO NOTHING`` in one transaction (or ``executemany`` of
+``INSERT … ON CONFLICT DO NOTHING``), so a batch stored twice — the one a killed service could
+not acknowledge — is held once. ``last_seq_by_device()`` is ``SELECT device, MAX(seq) … GROUP BY
+device``.
+
 Secrets: the password (given as ``password=`` or inside the DSN) never appears in ``repr``,
 ``target()``, log lines or the messages of the errors this sink raises; an underlying error
 whose text contains it is not chained either.
@@ -46,13 +56,24 @@ from ..errors import (
 )
 from .base import BaseSink, logger, quote_identifier, validate_identifier
 from .pgcopy import PG_TYPE_NAMES, copy_payload
-from .schema import COLUMNS, SCHEMA, ColumnType, RowValues, batch_columns, select_columns
+from .schema import (
+    COLUMNS,
+    SCHEMA,
+    SERVICE_SCHEMA,
+    ColumnType,
+    RowValues,
+    batch_columns,
+    select_columns,
+    with_seqs,
+)
 
 __all__ = ["PostgresConfig", "PostgresSink"]
 
 T = TypeVar("T")
 
 _INSTALL_HINT: Final = "pip install 'servomexlib[postgres]'"
+#: The staging table of service batches (temporary: one per connection, emptied at COMMIT).
+_STAGE: Final = "_servomexlib_stage"
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
@@ -218,10 +239,14 @@ class PostgresSink(BaseSink):
             no column with the schema.
         ServomexSinkWriteError: connection, authentication or statement failure (the message
             never contains the password).
+
+    ``seq_column=True``: service rows with ``seq``, stored with ON CONFLICT DO NOTHING
+    (module documentation); a table without a ``seq`` column is then refused, and a sink
+    without it refuses a table that has one.
     """
 
-    def __init__(self, config: PostgresConfig) -> None:
-        super().__init__()
+    def __init__(self, config: PostgresConfig, *, seq_column: bool = False) -> None:
+        super().__init__(seq_column=seq_column)
         if not isinstance(config, PostgresConfig):
             raise ServomexValidationError("PostgresSink needs a PostgresConfig")
         self.config = config
@@ -234,6 +259,8 @@ class PostgresSink(BaseSink):
         self._types: tuple[ColumnType, ...] = ()
         self._encode_copy = False
         self._insert_sql = ""
+        self._stage_sql = ""
+        self._merge_sql = ""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -319,10 +346,16 @@ class PostgresSink(BaseSink):
             columns = ", ".join(
                 f"{quote_identifier(c.name)} {c.type.postgres}"
                 + ("" if c.nullable else " NOT NULL")
-                for c in SCHEMA
+                for c in (SERVICE_SCHEMA if self.seq_column else SCHEMA)
             )
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(cfg.schema)}")
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {qualified} ({columns})")
+            if self.seq_column:
+                index = quote_identifier(f"{cfg.table}_device_seq_channel"[:63])
+                await conn.execute(
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {qualified} "
+                    '("device", "seq", COALESCE("channel", \'\'))'
+                )
         rows = await conn.fetch(
             "SELECT column_name, udt_name FROM information_schema.columns "
             "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
@@ -336,9 +369,21 @@ class PostgresSink(BaseSink):
                 context=ErrorContext(extra={"target": cfg.target()}),
             )
         present = {row[0] for row in rows}
+        if ("seq" in present) != self.seq_column:
+            has = "has" if "seq" in present else "has no"
+            wants = "with" if self.seq_column else "without"
+            raise ServomexSinkSchemaError(
+                f"PostgreSQL table {cfg.schema}.{cfg.table} {has} a seq column; refusing to "
+                f"store rows {wants} seq in it (service rows and library rows are never mixed "
+                f"in one table) ({cfg.target()})",
+                context=ErrorContext(extra={"target": cfg.target()}),
+            )
         self._columns = select_columns(present, f"PostgreSQL table {cfg.schema}.{cfg.table}")
-        self._indexes = tuple(COLUMNS.index(name) for name in self._columns)
-        self._types = tuple(SCHEMA[i].type for i in self._indexes)
+        if self.seq_column:
+            self._columns = (*self._columns, "seq")
+        names_in_order = (*COLUMNS, "seq")
+        self._indexes = tuple(names_in_order.index(name) for name in self._columns)
+        self._types = tuple(SERVICE_SCHEMA[i].type for i in self._indexes)
         # Our own binary COPY encoding is only valid for the declared column types; a table
         # declared otherwise (real, numeric, timestamptz, …) is left to asyncpg's codecs.
         actual = {row[0]: row[1] for row in rows}
@@ -349,9 +394,19 @@ class PostgresSink(BaseSink):
         names = ", ".join(quote_identifier(c) for c in self._columns)
         marks = ", ".join(f"${i}" for i in range(1, len(self._columns) + 1))
         self._insert_sql = f"INSERT INTO {qualified} ({names}) VALUES ({marks})"
+        if self.seq_column:
+            self._insert_sql += " ON CONFLICT DO NOTHING"
+            self._stage_sql = (
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
+                f"(LIKE {qualified} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            self._merge_sql = (
+                f"INSERT INTO {qualified} ({names}) SELECT {names} FROM pg_temp.{_STAGE} "
+                "ON CONFLICT DO NOTHING"
+            )
 
-    async def _write(self, samples: Sequence[Sample]) -> None:
-        batch = batch_columns(samples)
+    async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
+        batch = with_seqs(batch_columns(samples), seqs)
         columns = [batch[i] for i in self._indexes]
         data: bytes | None = None
         rows: list[RowValues] = []
@@ -372,7 +427,9 @@ class PostgresSink(BaseSink):
         cfg = self.config
         try:
             async with self._pool.acquire() as conn:
-                if data is not None:
+                if self.seq_column:
+                    await self._merge_rows(conn, data, rows)
+                elif data is not None:
                     # A memoryview: asyncpg would take bytes for a file name.
                     await conn.copy_to_table(
                         cfg.table,
@@ -390,6 +447,37 @@ class PostgresSink(BaseSink):
                         await conn.executemany(self._insert_sql, rows)
         except self._db_errors() as exc:
             self._fail(ServomexSinkWriteError, f"could not write {n} samples to PostgreSQL", exc)
+
+    async def _merge_rows(self, conn: Any, data: bytes | None, rows: list[RowValues]) -> None:
+        """Service rows: one transaction whose rows already held are dropped (ON CONFLICT)."""
+        cfg = self.config
+        async with conn.transaction():
+            if not cfg.use_copy:
+                await conn.executemany(self._insert_sql, rows)
+                return
+            await conn.execute(self._stage_sql)
+            if data is not None:
+                await conn.copy_to_table(
+                    _STAGE, source=memoryview(data), columns=self._columns, format="binary"
+                )
+            else:
+                await conn.copy_records_to_table(_STAGE, records=rows, columns=self._columns)
+            await conn.execute(self._merge_sql)
+
+    async def _last_seqs(self) -> dict[str, int]:
+        cfg = self.config
+        qualified = f"{quote_identifier(cfg.schema)}.{quote_identifier(cfg.table)}"
+        sql = f'SELECT "device", MAX("seq") FROM {qualified} GROUP BY "device"'
+
+        async def query() -> list[Any]:
+            try:
+                async with self._pool.acquire() as conn:
+                    return list(await conn.fetch(sql))
+            except self._db_errors() as exc:
+                self._fail(ServomexSinkWriteError, "could not read the last seqs", exc)
+
+        rows = await self._run(query)
+        return {str(row[0]): int(row[1]) for row in rows}
 
     async def _close(self) -> None:
         await self._teardown()

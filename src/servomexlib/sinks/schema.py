@@ -20,6 +20,14 @@ are not stored.
 the first 21 columns only (:data:`LEGACY_COLUMNS`). Readers accept both; the sinks never append
 22-column rows to a 21-column CSV (refused) and store rows without the column in a 21-column SQL
 table (one warning), see each sink.
+
+Service rows (``servomex run``, docs/service.md §3) carry one more column, ``seq``
+(:data:`SEQ_COLUMN`): the tick's sequence number, strictly increasing per device for the life
+of the spool, which is what lets a sink recognise a batch it already holds after a crash.
+It is the 23rd column of :data:`SERVICE_SCHEMA` and exists only in sinks built with
+``seq_column=True``; the library's 22-column files and tables (capture, record + pipe) are
+unchanged, and a sink never mixes the two schemas in one file or table. :func:`with_seqs`
+appends the column to a batch's columns.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ __all__ = [
     "COLUMNS",
     "LEGACY_COLUMNS",
     "SCHEMA",
+    "SEQ_COLUMN",
+    "SERVICE_COLUMNS",
+    "SERVICE_SCHEMA",
     "Column",
     "ColumnType",
     "RowValues",
@@ -50,6 +61,7 @@ __all__ = [
     "sample_to_row",
     "sample_to_values",
     "select_columns",
+    "with_seqs",
 ]
 
 #: The sinks' logger (the one :mod:`.base` uses).
@@ -137,6 +149,15 @@ RowValues = tuple[Any, ...]
 assert len(COLUMNS) == 22
 assert len(set(COLUMNS)) == 22
 assert COLUMNS[-1] == "value_state"
+
+#: The service rows' extra column: the tick's ``seq`` (docs/service.md §3).
+SEQ_COLUMN: Final = Column("seq", ColumnType.INT, nullable=False)
+
+#: The 23 columns of service rows: :data:`SCHEMA` then :data:`SEQ_COLUMN`.
+SERVICE_SCHEMA: Final[tuple[Column, ...]] = (*SCHEMA, SEQ_COLUMN)
+
+#: The column names of :data:`SERVICE_SCHEMA`, in order.
+SERVICE_COLUMNS: Final[tuple[str, ...]] = tuple(c.name for c in SERVICE_SCHEMA)
 
 _NO_CHANNEL: Final = (None,) * 14  # channel … alarm4 of an error sample
 _WIDTH: Final = len(COLUMNS)
@@ -241,6 +262,14 @@ def batch_columns(samples: Sequence[Sample]) -> list[list[Any]]:
     flat = flatten(samples)
     # Strided slices (C loops) transpose the rows into columns.
     return [flat[i::_WIDTH] for i in range(_WIDTH)]
+
+
+def with_seqs(columns: list[list[Any]], seqs: list[int] | None) -> list[list[Any]]:
+    """``columns`` (from :func:`batch_columns`) with the ``seq`` column appended when ``seqs``
+    is given (one per row); unchanged (the same list) otherwise."""
+    if seqs is not None:
+        columns.append(seqs)
+    return columns
 
 
 # -- column-at-a-time encoding helpers (shared by the sinks) -----------------------------------

@@ -31,6 +31,13 @@ The stored values are exactly those of binding every value one by one. Rows go i
 ``INSERT … VALUES (…), (…)`` statements of 64 rows and, for the remainder, of 32, 16, … 1 rows,
 so each batch "shape" needs at most seven statements, compiled once and kept in the
 connection's statement cache.
+
+Service rows (``seq_column=True``): the table has a 23rd column ``seq INTEGER NOT NULL`` and an
+index on ``(device, seq)``; ``last_seq_by_device()`` is ``SELECT device, MAX(seq) … GROUP BY
+device`` (one index walk per device). Each batch being one transaction, what the table holds is
+whole batches, so the highest ``seq`` per device marks exactly what is stored. A sink without
+the seq column refuses a table that has one (its NOT NULL would fail every batch), and a
+service sink refuses a table without it.
 """
 
 from __future__ import annotations
@@ -62,7 +69,16 @@ from .base import (
     rotation_path,
     validate_identifier,
 )
-from .schema import COLUMNS, SCHEMA, ColumnType, batch_columns, repeated, select_columns
+from .schema import (
+    COLUMNS,
+    SCHEMA,
+    SERVICE_SCHEMA,
+    ColumnType,
+    batch_columns,
+    repeated,
+    select_columns,
+    with_seqs,
+)
 
 __all__ = ["SqliteSink"]
 
@@ -94,6 +110,8 @@ class SqliteSink(BaseSink):
         rotate_bytes, rotate_seconds: optional rotation into ``stem.0001.db``, … (each file a
             complete database with the table); checked before each batch, which is never
             split. Requires ``create_table=True``.
+        seq_column: service rows: the 23-column schema with ``seq`` (``write_many(...,
+            seqs=)``, ``last_seq_by_device()``); see the module documentation.
 
     Raises:
         ServomexValidationError: bad table name, journal mode or synchronous level.
@@ -112,8 +130,9 @@ class SqliteSink(BaseSink):
         rotate_bytes: int | None = None,
         rotate_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seq_column: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(seq_column=seq_column)
         self._base_path = Path(path)
         self.table = validate_identifier(table, "table")
         self.create_table = bool(create_table)
@@ -165,8 +184,11 @@ class SqliteSink(BaseSink):
             await self._shutdown()
             raise
 
-    async def _write(self, samples: Sequence[Sample]) -> None:
-        await self._call(self._write_sync, samples)
+    async def _write(self, samples: Sequence[Sample], seqs: list[int] | None = None) -> None:
+        await self._call(self._write_sync, samples, seqs)
+
+    async def _last_seqs(self) -> dict[str, int]:
+        return await self._call(self._last_seqs_sync)
 
     async def _close(self) -> None:
         try:
@@ -222,9 +244,12 @@ class SqliteSink(BaseSink):
                 columns = ", ".join(
                     f"{quote_identifier(c.name)} {c.type.sqlite}"
                     + ("" if c.nullable else " NOT NULL")
-                    for c in SCHEMA
+                    for c in (SERVICE_SCHEMA if self.seq_column else SCHEMA)
                 )
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+                if self.seq_column:
+                    index = quote_identifier(f"{self.table}_device_seq"[:63])
+                    conn.execute(f'CREATE INDEX IF NOT EXISTS {index} ON {table} ("device", "seq")')
             info = conn.execute(f"PRAGMA table_info({table})").fetchall()
         except sqlite3.Error as exc:
             raise ServomexSinkWriteError(
@@ -238,17 +263,28 @@ class SqliteSink(BaseSink):
                 context=self._context(),
             )
         present = {row[1] for row in info}
+        if ("seq" in present) != self.seq_column:
+            has = "has" if "seq" in present else "has no"
+            wants = "with" if self.seq_column else "without"
+            raise ServomexSinkSchemaError(
+                f"SQLite table {self.table!r} in {self.path} {has} a seq column; refusing to "
+                f"store rows {wants} seq in it (service rows and library rows are never mixed "
+                "in one table): choose another table or file",
+                context=self._context(),
+            )
         self._columns = select_columns(present, f"SQLite table {self.table}")
+        if self.seq_column:
+            self._columns = (*self._columns, "seq")
         self._inserts = _InsertBuilder(table, self._columns)
 
-    def _write_sync(self, samples: Sequence[Sample]) -> None:
+    def _write_sync(self, samples: Sequence[Sample], seqs: list[int] | None) -> None:
         if self._rotation.enabled and self._rotation.due(self._file_size()):
             self._rotate()
         conn = self._conn
         inserts = self._inserts
         assert conn is not None
         assert inserts is not None
-        statements = inserts.statements(batch_columns(samples))
+        statements = inserts.statements(with_seqs(batch_columns(samples), seqs))
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -265,6 +301,32 @@ class SqliteSink(BaseSink):
                 f"{self.path} (batch rolled back): {exc}",
                 context=self._context(),
             ) from exc
+
+    def _last_seqs_sync(self) -> dict[str, int]:
+        # Rotation: the newest file of the series that holds rows (all of them hold whole
+        # batches; a file just started may be empty).
+        for index in range(self._index, -1, -1):
+            path = rotation_path(self._base_path, index)
+            if index != self._index and not path.exists():
+                continue
+            try:
+                if index == self._index:
+                    assert self._conn is not None
+                    rows = self._conn.execute(self._max_seq_sql()).fetchall()
+                else:
+                    with contextlib.closing(sqlite3.connect(path)) as old:
+                        rows = old.execute(self._max_seq_sql()).fetchall()
+            except sqlite3.Error as exc:
+                raise ServomexSinkWriteError(
+                    f"could not read the last seqs of SQLite table {self.table} in {path}: {exc}",
+                    context=self._context(),
+                ) from exc
+            if rows:
+                return {str(device): int(seq) for device, seq in rows}
+        return {}
+
+    def _max_seq_sql(self) -> str:
+        return f'SELECT "device", MAX("seq") FROM {quote_identifier(self.table)} GROUP BY "device"'
 
     def _file_size(self) -> int:
         size = 0
@@ -310,9 +372,13 @@ class _InsertBuilder:
     def __init__(self, table_sql: str, columns: tuple[str, ...]) -> None:
         names = ", ".join(quote_identifier(c) for c in columns)
         self._prefix = f"INSERT INTO {table_sql} ({names}) VALUES "
-        #: The schema positions of the columns the table has, in schema order.
-        self._indexes = tuple(COLUMNS.index(name) for name in columns)
-        self._flags = tuple(SCHEMA[COLUMNS.index(name)].type is ColumnType.BOOL for name in columns)
+        #: The schema positions of the columns the table has, in schema order (``seq``, of
+        #: service rows, is the 23rd).
+        names_in_order = (*COLUMNS, "seq")
+        self._indexes = tuple(names_in_order.index(name) for name in columns)
+        self._flags = tuple(
+            SERVICE_SCHEMA[names_in_order.index(name)].type is ColumnType.BOOL for name in columns
+        )
         self._sql: dict[tuple[tuple[str, ...], int], str] = {}
 
     def statements(self, batch: list[list[Any]]) -> list[tuple[str, list[Any]]]:
