@@ -48,7 +48,7 @@ import anyio.abc
 from ..devices.models import ProtocolKind
 from ..errors import ServomexError
 from .bus_load import bus_load
-from .config_model import FILE_SINKS, ServiceConfig, SinkConfig, SinkType
+from .config_model import ServiceConfig, SinkConfig, SinkType
 from .config_rules import ListenAddress
 from .forwarding import ForwarderOptions, ForwardingEngine, Target
 from .health import DeviceState, ServiceState
@@ -100,30 +100,17 @@ class UnavailableTarget:
 
 def _make_target(sink: SinkConfig) -> Target:
     rotate = sink.rotate
-    rotate_bytes = rotate.bytes if rotate is not None else None
-    rotate_seconds = rotate.seconds if rotate is not None else None
-    if sink.type in FILE_SINKS:
-        assert sink.path is not None
-    if sink.type is SinkType.CSV:
+    if sink.type in (SinkType.CSV, SinkType.JSONL):
         from ..sinks.csv import CsvSink
-
-        return SinkTarget(
-            CsvSink(
-                sink.path,  # type: ignore[arg-type]
-                rotate_bytes=rotate_bytes,
-                rotate_seconds=rotate_seconds,
-                seq_column=True,
-                fsync=True,
-            )
-        )
-    if sink.type is SinkType.JSONL:
         from ..sinks.jsonl import JsonlSink
 
+        assert sink.path is not None
+        line_sink = CsvSink if sink.type is SinkType.CSV else JsonlSink
         return SinkTarget(
-            JsonlSink(
-                sink.path,  # type: ignore[arg-type]
-                rotate_bytes=rotate_bytes,
-                rotate_seconds=rotate_seconds,
+            line_sink(
+                sink.path,
+                rotate_bytes=rotate.bytes if rotate is not None else None,
+                rotate_seconds=rotate.seconds if rotate is not None else None,
                 seq_column=True,
                 fsync=True,
             )
@@ -131,7 +118,8 @@ def _make_target(sink: SinkConfig) -> Target:
     if sink.type is SinkType.SQLITE:
         from ..sinks.sqlite import SqliteSink
 
-        return SinkTarget(SqliteSink(sink.path, seq_column=True))  # type: ignore[arg-type]
+        assert sink.path is not None
+        return SinkTarget(SqliteSink(sink.path, seq_column=True))
     if sink.type is SinkType.PARQUET:
         from ..sinks.parquet import ParquetSink
 
@@ -141,7 +129,8 @@ def _make_target(sink: SinkConfig) -> Target:
                 "journal parts and does not rotate yet'",
                 sink.label, rotate.text,
             )  # fmt: skip
-        return SinkTarget(ParquetSink(sink.path, journal=True))  # type: ignore[arg-type]
+        assert sink.path is not None
+        return SinkTarget(ParquetSink(sink.path, journal=True))
     if sink.type is SinkType.POSTGRES:
         from ..sinks.postgres import PostgresConfig, PostgresSink
 
