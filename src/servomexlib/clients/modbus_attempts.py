@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..errors import ErrorContext, ServomexConnectionError, ServomexError, ServomexTimeoutError
-from .modbus_learning import exception_chars, reply_chars
+from .modbus_learning import adu_chars, exception_chars, reply_chars
 from .modbus_line import SILENCE_S
 from .modbus_outcomes import (
     EarlyReplyError,
@@ -238,7 +238,9 @@ class Transactions:
                 f"{line.transport.label} is closed",
                 context=self.context(function_code=function_code, register=register),
             )
-        request = line.encode_adu(self.address, request_pdu)
+        # The request's length is arithmetic; its bytes (a CRC or LRC) are built only for an
+        # error's context: anymodbus frames what it sends.
+        request_len = adu_chars(self.protocol, len(request_pdu))
         reply_len = reply_chars(self.protocol, request_pdu)
         attempts = 1 + RETRIES if function_code in IDEMPOTENT else 1
         started = time.monotonic()
@@ -252,7 +254,7 @@ class Transactions:
                 function_code=function_code,
                 register=register,
                 channel=channel,
-                request=request,
+                request=line.encode_adu(self.address, request_pdu),
                 response=response,
                 elapsed_s=time.monotonic() - started,
             ).merged(**kw)
@@ -281,7 +283,7 @@ class Transactions:
                     raise exc.with_context(**context_fields(context())) from exc.__cause__
                 wait = timeout.seconds
                 if timeout.learned and attempt + 1 < attempts:
-                    learned = line.learned_wait(self.address, len(request), reply_len)
+                    learned = line.learned_wait(self.address, request_len, reply_len)
                     if learned is not None and learned < wait:
                         wait = learned
                 short = wait < timeout.seconds
@@ -308,7 +310,7 @@ class Transactions:
                         accepted, turnaround = await self._take_reply(
                             self._exception_chars,
                             elapsed,
-                            len(request),
+                            request_len,
                             first_on_certain=first_on_certain,
                             clean=clean,
                             judge_early=judge_early,
@@ -344,7 +346,7 @@ class Transactions:
                     accepted, turnaround = await self._take_reply(
                         reply_len,
                         elapsed,
-                        len(request),
+                        request_len,
                         first_on_certain=first_on_certain,
                         clean=clean,
                         judge_early=judge_early,

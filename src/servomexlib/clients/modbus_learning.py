@@ -84,6 +84,12 @@ def reply_chars(framing: ProtocolKind, request_pdu: bytes) -> int:
         pdu_len = 2 + 2 * count
     else:
         pdu_len = 5  # FC05 and FC08 sub 0 echo their request
+    return adu_chars(framing, pdu_len)
+
+
+def adu_chars(framing: ProtocolKind, pdu_len: int) -> int:
+    """Characters on the wire of an ADU carrying a ``pdu_len``-byte PDU: RTU address + PDU +
+    CRC; ASCII ``:`` + hex of address, PDU and LRC + CR LF."""
     if framing is ProtocolKind.MODBUS_RTU:
         return 1 + pdu_len + 2
     return 1 + 2 * (1 + pdu_len + 1) + 2

@@ -5,9 +5,8 @@ Theory of operation
 **The line.** A :class:`ModbusLine` is one serial line (one port): the transport, one
 ``anymodbus.Bus`` over it, a lock and the time of the last byte that crossed the line. Several
 :class:`~servomexlib.clients.modbus.ModbusClient` objects — one per slave address — may share a
-line; everything about timing lives in the line, so the rules below hold across a change of
-slave address. Its stream wrapper stamps every send and receive (including the bytes anymodbus
-itself reads), so "last byte" is exact.
+line; all timing lives in the line, so the rules below hold across slave addresses. Its stream
+wrapper stamps every send and receive (anymodbus's reads too), so "last byte" is exact.
 
 **Silence before every request (HW, docs/protocol.md, §9.1).** Through a USB-RS485 adapter the
 measured analyser lost 26 % of requests sent back to back and none sent after 50 ms of quiet.
@@ -22,10 +21,9 @@ stays quiet until the slowest plausible reply would have arrived, measured from 
 left (100 ms turnaround + the reply's characters), so late bytes are waited out *before* the
 next attempt's response timeout starts. anymodbus's own late-reply window stays at the silence.
 
-**Capture.** The client brackets each attempt with :meth:`ModbusLine.begin_capture` /
-:meth:`~ModbusLine.end_capture`: the bytes received for it and when each read returned, so the
-reply's turnaround (request sent → the read with its first byte) and whether it came alone are
-known (docs/protocol.md, §9.3).
+**Capture.** :meth:`ModbusLine.begin_capture` / :meth:`~ModbusLine.end_capture` bracket each
+attempt: the bytes received and when each read returned, so the reply's turnaround (request
+sent → the read with its first byte) and whether it came alone are known (docs/protocol.md, §9.3).
 
 **The fence lives in the line, at the address that may still answer** (docs/protocol.md, §9.3).
 Uncertainty is recorded per slave address, so it holds whichever client object talks next.
@@ -51,6 +49,7 @@ from anymodbus.framing import get_framer
 from ..devices.models import ProtocolKind
 from ..errors import ErrorContext, ServomexValidationError
 from ..validation import check_non_negative
+from .bus_lock import uncontended_bus_lock
 from .modbus_fence import FENCE_PREFIX, FenceMatcher, FenceReport, PayloadSource, Suspect
 from .modbus_learning import (
     MAX_TURNAROUND_S,
@@ -212,6 +211,7 @@ class ModbusLine:
             framing=FRAMINGS[self._framing],
             on_transaction=self._observe,
         )
+        uncontended_bus_lock(self.bus)
         transport.drain_input()
 
     def __repr__(self) -> str:

@@ -124,7 +124,7 @@ class Analyzer:
             self._controls = cast(ControlClient, client)
         self._identify_on_enter = identify_on_enter
         self._identify_lazily = identify_lazily
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # taken once per call: no loop trip when free
         self._info: DeviceInfo | None = None
         self._last_frame: Frame | None = None
         self._stack: AsyncExitStack | None = None
